@@ -1,0 +1,230 @@
+//! config.json of a Qwen2 or Llama model, in both transformers 4 and 5 spellings.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// Qwen2ForCausalLM: q/k/v projections carry biases.
+    Qwen2,
+    /// LlamaForCausalLM: the same graph without q/k/v biases.
+    Llama,
+}
+
+/// Shapes and constants of the decoder, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub arch: Arch,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    pub tie_word_embeddings: bool,
+    pub qkv_bias: bool,
+    /// Stored weight dtype as the config names it ("float32", "bfloat16", ...), if given.
+    pub dtype: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RopeParameters {
+    rope_theta: Option<f64>,
+    rope_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    architectures: Option<Vec<String>>,
+    model_type: Option<String>,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    max_position_embeddings: usize,
+    rms_norm_eps: f64,
+    rope_theta: Option<f64>,
+    rope_parameters: Option<RopeParameters>,
+    rope_scaling: Option<RopeParameters>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    hidden_act: Option<String>,
+    use_sliding_window: Option<bool>,
+    dtype: Option<String>,
+    torch_dtype: Option<String>,
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text).map_err(|msg| Error::Config {
+            path: path.to_path_buf(),
+            msg,
+        })
+    }
+
+    /// Parses and validates; the error string says which field is wrong.
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let arch_name = raw
+            .architectures
+            .as_ref()
+            .and_then(|a| a.first().cloned())
+            .or(raw.model_type.clone())
+            .ok_or("neither `architectures` nor `model_type` is given")?;
+        let arch = match arch_name.as_str() {
+            "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
+            "LlamaForCausalLM" | "llama" => Arch::Llama,
+            other => return Err(Error::UnknownArchitecture(other.to_string()).to_string()),
+        };
+        if let Some(act) = &raw.hidden_act {
+            if act != "silu" {
+                return Err(format!("hidden_act {act:?} is not supported (only silu)"));
+            }
+        }
+        if raw.use_sliding_window == Some(true) {
+            return Err("use_sliding_window = true is not supported".into());
+        }
+        if raw.mlp_bias == Some(true) {
+            return Err("mlp_bias = true is not supported".into());
+        }
+        for rope in [&raw.rope_scaling, &raw.rope_parameters]
+            .into_iter()
+            .flatten()
+        {
+            match rope.rope_type.as_deref() {
+                None | Some("default") => {}
+                Some(t) => return Err(format!("rope_type {t:?} is not supported (only default)")),
+            }
+        }
+        let rope_theta = raw
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.rope_theta)
+            .or(raw.rope_theta)
+            .unwrap_or(match arch {
+                Arch::Qwen2 => 1e6,
+                Arch::Llama => 1e4,
+            });
+        let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+        let positive = [
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("num_hidden_layers", raw.num_hidden_layers),
+            ("num_attention_heads", raw.num_attention_heads),
+            ("num_key_value_heads", num_kv_heads),
+            ("vocab_size", raw.vocab_size),
+            ("max_position_embeddings", raw.max_position_embeddings),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be positive"));
+        }
+        if raw.hidden_size % raw.num_attention_heads != 0 && raw.head_dim.is_none() {
+            return Err("hidden_size is not a multiple of num_attention_heads".into());
+        }
+        if raw.num_attention_heads % num_kv_heads != 0 {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {num_kv_heads}",
+                raw.num_attention_heads
+            ));
+        }
+        let head_dim = raw
+            .head_dim
+            .unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        if head_dim % 2 != 0 {
+            return Err(format!("head_dim {head_dim} must be even for RoPE"));
+        }
+        let qkv_bias = match arch {
+            Arch::Qwen2 => true,
+            Arch::Llama => raw.attention_bias.unwrap_or(false),
+        };
+        Ok(Config {
+            arch,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_layers: raw.num_hidden_layers,
+            num_heads: raw.num_attention_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: raw.vocab_size,
+            max_position_embeddings: raw.max_position_embeddings,
+            rms_norm_eps: raw.rms_norm_eps as f32,
+            rope_theta: rope_theta as f32,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias,
+            dtype: raw.dtype.or(raw.torch_dtype),
+        })
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// Checks a block index given by a user, with the range in the message.
+    pub fn check_layer(&self, layer: usize) -> Result<()> {
+        if layer >= self.num_layers {
+            return Err(Error::input(format!(
+                "layer {layer} out of range: the model has {} blocks (0..{})",
+                self.num_layers,
+                self.num_layers - 1
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#""hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
+        "max_position_embeddings": 128, "rms_norm_eps": 1e-6"#;
+
+    #[test]
+    fn reads_both_rope_theta_spellings() {
+        let v4 = format!(
+            r#"{{"architectures": ["Qwen2ForCausalLM"], {BASE}, "rope_theta": 1000.0, "torch_dtype": "bfloat16"}}"#
+        );
+        let v5 = format!(
+            r#"{{"architectures": ["Qwen2ForCausalLM"], {BASE}, "rope_parameters": {{"rope_theta": 1000.0, "rope_type": "default"}}, "dtype": "bfloat16"}}"#
+        );
+        for text in [v4, v5] {
+            let c = Config::from_json(&text).unwrap();
+            assert_eq!(c.rope_theta, 1000.0);
+            assert_eq!(c.dtype.as_deref(), Some("bfloat16"));
+            assert_eq!(c.head_dim, 16);
+            assert!(c.qkv_bias);
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_architecture_and_bad_heads() {
+        let gpt = format!(r#"{{"architectures": ["GPT2LMHeadModel"], {BASE}}}"#);
+        assert!(Config::from_json(&gpt)
+            .unwrap_err()
+            .contains("GPT2LMHeadModel"));
+        let bad = format!(r#"{{"architectures": ["LlamaForCausalLM"], {BASE}}}"#)
+            .replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3");
+        assert!(Config::from_json(&bad)
+            .unwrap_err()
+            .contains("num_key_value_heads"));
+        let scaled = format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], {BASE}, "rope_scaling": {{"rope_type": "llama3"}}}}"#
+        );
+        assert!(Config::from_json(&scaled).unwrap_err().contains("llama3"));
+    }
+}

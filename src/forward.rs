@@ -1,0 +1,433 @@
+//! The forward pass: packed batches of rows with unequal lengths, each continuing its own
+//! KV cache, starting from tokens or from given states at any site, with residual-stream
+//! reads and writes carried out where the pass reaches their site.
+//!
+//! Rows are packed (no padding): every new token knows its row and absolute position, so
+//! rows of different lengths cost only their own tokens. Writes at a site are applied
+//! before reads at the same site, so a read sees what the next block will see.
+
+use crate::backend::cpu::{attention, embedding, matmul, residual, rmsnorm, rope, swiglu};
+use crate::error::{Error, Result};
+use crate::kv::KvCache;
+use crate::model::Model;
+use crate::stream::{Positions, Read, Site, State, Write, WriteOp};
+use attention::{AttnShape, TokenAt};
+
+/// What the pass starts from.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// New tokens per row; their positions continue the row's cache.
+    Tokens(Vec<Vec<u32>>),
+    /// States at `site` per row: the pass runs the blocks after `site` only.
+    Hidden { site: Site, rows: Vec<HiddenRow> },
+}
+
+/// Consecutive states of one row, the first at position `start_pos`.
+#[derive(Debug, Clone)]
+pub struct HiddenRow {
+    pub start_pos: usize,
+    /// [positions, hidden]
+    pub states: Vec<f32>,
+}
+
+/// Where to compute logits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogitsAt {
+    None,
+    /// The last new position of every row.
+    Last,
+    /// Every new position of every row.
+    All,
+    /// Chosen (row, position) pairs.
+    At(Vec<(usize, usize)>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub input: Input,
+    pub reads: Vec<Read>,
+    pub writes: Vec<Write>,
+    pub logits: LogitsAt,
+}
+
+impl Request {
+    pub fn new(input: Input) -> Self {
+        Request {
+            input,
+            reads: Vec::new(),
+            writes: Vec::new(),
+            logits: LogitsAt::Last,
+        }
+    }
+
+    pub fn tokens(rows: Vec<Vec<u32>>) -> Self {
+        Self::new(Input::Tokens(rows))
+    }
+
+    pub fn logits(mut self, at: LogitsAt) -> Self {
+        self.logits = at;
+        self
+    }
+
+    pub fn read(mut self, site: Site, row: usize, positions: Positions) -> Self {
+        self.reads.push(Read {
+            site,
+            row,
+            positions,
+        });
+        self
+    }
+
+    pub fn write(mut self, site: Site, row: usize, pos: usize, op: WriteOp) -> Self {
+        self.writes.push(Write { site, row, pos, op });
+        self
+    }
+}
+
+/// Logits at one (row, position).
+#[derive(Debug, Clone)]
+pub struct Logits {
+    pub row: usize,
+    pub pos: usize,
+    pub values: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    pub logits: Vec<Logits>,
+    /// Read states, in pass order (by site, then in request order).
+    pub states: Vec<State>,
+}
+
+impl Output {
+    pub fn logits_at(&self, row: usize, pos: usize) -> Option<&[f32]> {
+        self.logits
+            .iter()
+            .find(|l| l.row == row && l.pos == pos)
+            .map(|l| l.values.as_slice())
+    }
+
+    /// The last logits computed for `row`.
+    pub fn last_logits(&self, row: usize) -> Option<&[f32]> {
+        self.logits
+            .iter()
+            .filter(|l| l.row == row)
+            .max_by_key(|l| l.pos)
+            .map(|l| l.values.as_slice())
+    }
+
+    pub fn state(&self, site: Site, row: usize, pos: usize) -> Option<&[f32]> {
+        self.states
+            .iter()
+            .find(|s| s.site == site && s.row == row && s.pos == pos)
+            .map(|s| s.values.as_slice())
+    }
+}
+
+/// The new tokens of a pass, packed row after row.
+struct Plan {
+    tokens: Vec<TokenAt>,
+    /// Per row: index of its first token in `tokens`, and its token count.
+    rows: Vec<(usize, usize)>,
+}
+
+impl Plan {
+    fn index(&self, row: usize, pos: usize) -> Result<usize> {
+        let &(first, n) = self.rows.get(row).ok_or_else(|| {
+            Error::input(format!(
+                "row {row} out of range: the batch has {} rows",
+                self.rows.len()
+            ))
+        })?;
+        let p0 = self.tokens[first].pos;
+        if pos < p0 || pos >= p0 + n {
+            return Err(Error::input(format!(
+                "position {pos} of row {row} is not computed in this pass (positions {p0}..{})",
+                p0 + n - 1
+            )));
+        }
+        Ok(first + pos - p0)
+    }
+
+    fn positions(&self, row: usize, sel: &Positions) -> Result<Vec<usize>> {
+        let &(first, n) = self.rows.get(row).ok_or_else(|| {
+            Error::input(format!(
+                "row {row} out of range: the batch has {} rows",
+                self.rows.len()
+            ))
+        })?;
+        let p0 = self.tokens[first].pos;
+        let all = match sel {
+            Positions::All => (p0..p0 + n).collect(),
+            Positions::Last => vec![p0 + n - 1],
+            Positions::At(ps) => ps.clone(),
+        };
+        all.into_iter().map(|p| self.index(row, p)).collect()
+    }
+}
+
+/// Reads and writes resolved to token indices.
+struct StreamOps<'a> {
+    writes: Vec<(Site, usize, &'a WriteOp)>,
+    reads: Vec<(Site, usize)>,
+}
+
+impl Model {
+    /// Runs one pass over `caches.len()` rows (row r continues `caches[r]`).
+    pub fn forward(&self, caches: &mut [KvCache], req: &Request) -> Result<Output> {
+        let num_layers = self.config.num_layers;
+        let hidden = self.config.hidden_size;
+        let (start, plan, mut h) = self.prepare(caches, &req.input)?;
+        let ops = self.resolve_ops(req, start, &plan)?;
+        let mut out = Output::default();
+
+        self.apply_site(start, &mut h, &plan, &ops, &mut out.states);
+        for layer in start.next_block(num_layers)..num_layers {
+            self.block(layer, &mut h, &plan, caches);
+            self.apply_site(Site::BlockOut(layer), &mut h, &plan, &ops, &mut out.states);
+        }
+        let logit_rows = self.logit_rows(&req.logits, &plan)?;
+        let needs_norm = !logit_rows.is_empty()
+            || ops.reads.iter().any(|r| r.0 == Site::FinalNorm)
+            || ops.writes.iter().any(|w| w.0 == Site::FinalNorm);
+        if start != Site::FinalNorm && needs_norm {
+            let mut normed = vec![0.0; h.len()];
+            rmsnorm::rmsnorm(&h, &self.final_norm, self.config.rms_norm_eps, &mut normed);
+            h = normed;
+            self.apply_site(Site::FinalNorm, &mut h, &plan, &ops, &mut out.states);
+        }
+        if !logit_rows.is_empty() {
+            let x: Vec<f32> = logit_rows
+                .iter()
+                .flat_map(|&t| h[t * hidden..(t + 1) * hidden].iter().copied())
+                .collect();
+            let vocab = self.config.vocab_size;
+            let mut y = vec![0.0; logit_rows.len() * vocab];
+            matmul::matmul_bt(&x, logit_rows.len(), hidden, self.lm_head(), vocab, &mut y);
+            out.logits = logit_rows
+                .iter()
+                .zip(y.chunks_exact(vocab))
+                .map(|(&t, v)| Logits {
+                    row: plan.tokens[t].row,
+                    pos: plan.tokens[t].pos,
+                    values: v.to_vec(),
+                })
+                .collect();
+        }
+        Ok(out)
+    }
+
+    /// Checks the input against the caches; returns the start site, the token plan and
+    /// the initial stream [tokens, hidden].
+    fn prepare(&self, caches: &[KvCache], input: &Input) -> Result<(Site, Plan, Vec<f32>)> {
+        let c = &self.config;
+        let (site, starts, lens) = match input {
+            Input::Tokens(rows) => (
+                Site::Embed,
+                caches.iter().map(|kv| kv.len(0)).collect::<Vec<_>>(),
+                rows.iter().map(Vec::len).collect::<Vec<_>>(),
+            ),
+            Input::Hidden { site, rows } => {
+                site.check(c.num_layers)?;
+                let mut lens = Vec::with_capacity(rows.len());
+                for (r, row) in rows.iter().enumerate() {
+                    if row.states.is_empty() || row.states.len() % c.hidden_size != 0 {
+                        return Err(Error::input(format!(
+                            "row {r}: {} state values is not a positive multiple of hidden size {}",
+                            row.states.len(),
+                            c.hidden_size
+                        )));
+                    }
+                    lens.push(row.states.len() / c.hidden_size);
+                }
+                (*site, rows.iter().map(|r| r.start_pos).collect(), lens)
+            }
+        };
+        if lens.len() != caches.len() {
+            return Err(Error::input(format!(
+                "{} input rows but {} KV caches",
+                lens.len(),
+                caches.len()
+            )));
+        }
+        if lens.is_empty() {
+            return Err(Error::input("empty batch: no rows to run"));
+        }
+        let first_block = site.next_block(c.num_layers);
+        let mut plan = Plan {
+            tokens: Vec::new(),
+            rows: Vec::new(),
+        };
+        for (r, ((&p0, &n), kv)) in starts.iter().zip(&lens).zip(caches).enumerate() {
+            if n == 0 {
+                return Err(Error::input(format!(
+                    "row {r} is empty: a prompt needs at least one token"
+                )));
+            }
+            if kv.num_layers() != c.num_layers {
+                return Err(Error::input(format!(
+                    "row {r}: KV cache is for another model"
+                )));
+            }
+            if let Some(l) = (first_block..c.num_layers).find(|&l| kv.len(l) != p0) {
+                return Err(Error::input(format!(
+                    "row {r}: new positions start at {p0} but block {l} has {} cached positions",
+                    kv.len(l)
+                )));
+            }
+            if p0 + n > c.max_position_embeddings {
+                return Err(Error::input(format!(
+                    "prompt too long: row {r} needs {} positions, the model allows {}",
+                    p0 + n,
+                    c.max_position_embeddings
+                )));
+            }
+            plan.rows.push((plan.tokens.len(), n));
+            plan.tokens
+                .extend((p0..p0 + n).map(|pos| TokenAt { row: r, pos }));
+        }
+        let h = match input {
+            Input::Tokens(rows) => {
+                let ids: Vec<u32> = rows.concat();
+                if let Some(&bad) = ids.iter().find(|&&t| t as usize >= c.vocab_size) {
+                    return Err(Error::input(format!(
+                        "token id {bad} out of range: the vocabulary has {} tokens",
+                        c.vocab_size
+                    )));
+                }
+                embedding::embedding(&self.embed, c.hidden_size, &ids)
+            }
+            Input::Hidden { rows, .. } => {
+                rows.iter().flat_map(|r| r.states.iter().copied()).collect()
+            }
+        };
+        Ok((site, plan, h))
+    }
+
+    fn resolve_ops<'a>(&self, req: &'a Request, start: Site, plan: &Plan) -> Result<StreamOps<'a>> {
+        let l = self.config.num_layers;
+        let check_site = |site: Site| -> Result<()> {
+            site.check(l)?;
+            if site.order(l) < start.order(l) {
+                return Err(Error::input(format!(
+                    "site {site} comes before {start}, where this pass starts"
+                )));
+            }
+            Ok(())
+        };
+        let mut ops = StreamOps {
+            writes: Vec::new(),
+            reads: Vec::new(),
+        };
+        for w in &req.writes {
+            check_site(w.site)?;
+            let (WriteOp::Replace(v) | WriteOp::Add(v)) = &w.op;
+            if v.len() != self.config.hidden_size {
+                return Err(Error::input(format!(
+                    "write at {}: vector has {} values, hidden size is {}",
+                    w.site,
+                    v.len(),
+                    self.config.hidden_size
+                )));
+            }
+            ops.writes.push((w.site, plan.index(w.row, w.pos)?, &w.op));
+        }
+        for r in &req.reads {
+            check_site(r.site)?;
+            for t in plan.positions(r.row, &r.positions)? {
+                ops.reads.push((r.site, t));
+            }
+        }
+        Ok(ops)
+    }
+
+    fn apply_site(
+        &self,
+        site: Site,
+        h: &mut [f32],
+        plan: &Plan,
+        ops: &StreamOps,
+        states: &mut Vec<State>,
+    ) {
+        let d = self.config.hidden_size;
+        for &(s, t, op) in &ops.writes {
+            if s == site {
+                let (WriteOp::Replace(v) | WriteOp::Add(v)) = op;
+                residual::write_row(&mut h[t * d..(t + 1) * d], v, matches!(op, WriteOp::Add(_)));
+            }
+        }
+        for &(s, t) in &ops.reads {
+            if s == site {
+                states.push(State {
+                    site,
+                    row: plan.tokens[t].row,
+                    pos: plan.tokens[t].pos,
+                    values: h[t * d..(t + 1) * d].to_vec(),
+                });
+            }
+        }
+    }
+
+    fn logit_rows(&self, at: &LogitsAt, plan: &Plan) -> Result<Vec<usize>> {
+        Ok(match at {
+            LogitsAt::None => Vec::new(),
+            LogitsAt::All => (0..plan.tokens.len()).collect(),
+            LogitsAt::Last => plan.rows.iter().map(|&(first, n)| first + n - 1).collect(),
+            LogitsAt::At(pairs) => pairs
+                .iter()
+                .map(|&(row, pos)| plan.index(row, pos))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// One decoder block over all new tokens, appending their keys/values to the caches.
+    fn block(&self, layer: usize, h: &mut [f32], plan: &Plan, caches: &mut [KvCache]) {
+        let c = &self.config;
+        let b = &self.blocks[layer];
+        let (d, n) = (c.hidden_size, plan.tokens.len());
+        let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
+
+        let mut x = vec![0.0; n * d];
+        rmsnorm::rmsnorm(h, &b.input_norm, c.rms_norm_eps, &mut x);
+        let mut qkv = vec![0.0; n * b.qkv.out];
+        matmul::linear(&x, n, &b.qkv, &mut qkv);
+        let mut q = Vec::with_capacity(n * q_dim);
+        let mut k = Vec::with_capacity(n * kv_dim);
+        let mut v = Vec::with_capacity(n * kv_dim);
+        for row in qkv.chunks_exact(b.qkv.out) {
+            q.extend_from_slice(&row[..q_dim]);
+            k.extend_from_slice(&row[q_dim..q_dim + kv_dim]);
+            v.extend_from_slice(&row[q_dim + kv_dim..]);
+        }
+        let positions: Vec<usize> = plan.tokens.iter().map(|t| t.pos).collect();
+        rope::rope(&mut q, &positions, c.num_heads, c.head_dim, &self.inv_freq);
+        rope::rope(
+            &mut k,
+            &positions,
+            c.num_kv_heads,
+            c.head_dim,
+            &self.inv_freq,
+        );
+        for (r, &(first, len)) in plan.rows.iter().enumerate() {
+            let span = first * kv_dim..(first + len) * kv_dim;
+            caches[r].append(layer, &k[span.clone()], &v[span]);
+        }
+        let shape = AttnShape {
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+        };
+        let attn = attention::attention(&q, &plan.tokens, caches, layer, &shape);
+        let mut o = vec![0.0; n * d];
+        matmul::linear(&attn, n, &b.o_proj, &mut o);
+        residual::add_inplace(h, &o);
+
+        rmsnorm::rmsnorm(h, &b.post_attention_norm, c.rms_norm_eps, &mut x);
+        let mut gate_up = vec![0.0; n * b.gate_up.out];
+        matmul::linear(&x, n, &b.gate_up, &mut gate_up);
+        let mut act = vec![0.0; n * c.intermediate_size];
+        swiglu::swiglu(&gate_up, c.intermediate_size, &mut act);
+        matmul::linear(&act, n, &b.down, &mut o);
+        residual::add_inplace(h, &o);
+    }
+}

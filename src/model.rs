@@ -1,0 +1,140 @@
+//! A loaded model: config, tokenizer and weights in f32, laid out for the CPU backend
+//! (q/k/v fused into one projection, gate/up fused into another).
+
+use crate::backend::cpu::matmul::Linear;
+use crate::config::{Arch, Config};
+use crate::error::{Error, Result};
+use crate::hub::{self, ModelFiles};
+use crate::tokenizer::Tokenizer;
+use crate::weights::WeightFiles;
+
+pub struct Block {
+    pub input_norm: Vec<f32>,
+    /// Rows: q (num_heads*head_dim), then k, then v (num_kv_heads*head_dim each).
+    pub qkv: Linear,
+    pub o_proj: Linear,
+    pub post_attention_norm: Vec<f32>,
+    /// Rows: gate (intermediate), then up (intermediate).
+    pub gate_up: Linear,
+    pub down: Linear,
+}
+
+pub struct Model {
+    pub config: Config,
+    pub tokenizer: Tokenizer,
+    /// [vocab, hidden]
+    pub embed: Vec<f32>,
+    pub blocks: Vec<Block>,
+    pub final_norm: Vec<f32>,
+    /// Untied LM head [vocab, hidden]; `None` when tied to `embed`.
+    lm_head: Option<Vec<f32>>,
+    /// RoPE inverse frequencies [head_dim / 2].
+    pub(crate) inv_freq: Vec<f32>,
+}
+
+impl Model {
+    /// Loads a model folder or a Hugging Face repo id (optionally at `revision`).
+    pub fn load(spec: &str, revision: Option<&str>) -> Result<Model> {
+        Self::from_files(&hub::resolve(spec, revision)?)
+    }
+
+    pub fn from_files(files: &ModelFiles) -> Result<Model> {
+        let config = Config::from_file(&files.config)?;
+        let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
+        let weights = WeightFiles::open(&files.weights)?;
+        let c = &config;
+        let h = c.hidden_size;
+        let embed = weights.f32("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let blocks = (0..c.num_layers)
+            .map(|l| load_block(&weights, c, l))
+            .collect::<Result<_>>()?;
+        let final_norm = weights.f32("model.norm.weight", &[h])?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else if weights.contains("lm_head.weight") {
+            Some(weights.f32("lm_head.weight", &[c.vocab_size, h])?)
+        } else {
+            return Err(Error::Tensor {
+                name: "lm_head.weight".into(),
+                msg: "missing, and the config does not tie word embeddings".into(),
+            });
+        };
+        let inv_freq = crate::backend::cpu::rope::inv_freq(c.head_dim, c.rope_theta);
+        Ok(Model {
+            inv_freq,
+            config,
+            tokenizer,
+            embed,
+            blocks,
+            final_norm,
+            lm_head,
+        })
+    }
+
+    /// The LM head matrix [vocab, hidden].
+    pub fn lm_head(&self) -> &[f32] {
+        self.lm_head.as_deref().unwrap_or(&self.embed)
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.config.num_layers
+    }
+
+    /// An empty KV cache for one sequence of this model.
+    pub fn new_cache(&self) -> crate::kv::KvCache {
+        crate::kv::KvCache::new(&self.config)
+    }
+}
+
+fn load_block(w: &WeightFiles, c: &Config, l: usize) -> Result<Block> {
+    let (h, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+    let p = format!("model.layers.{l}");
+    let attn = |n: &str, shape: &[usize]| w.f32(&format!("{p}.self_attn.{n}"), shape);
+    let mut qkv_w = attn("q_proj.weight", &[q, h])?;
+    qkv_w.extend(attn("k_proj.weight", &[kv, h])?);
+    qkv_w.extend(attn("v_proj.weight", &[kv, h])?);
+    let qkv_b = if c.qkv_bias {
+        let mut b = attn("q_proj.bias", &[q])?;
+        b.extend(attn("k_proj.bias", &[kv])?);
+        b.extend(attn("v_proj.bias", &[kv])?);
+        Some(b)
+    } else {
+        if c.arch == Arch::Llama && w.contains(&format!("{p}.self_attn.q_proj.bias")) {
+            return Err(Error::Tensor {
+                name: format!("{p}.self_attn.q_proj.bias"),
+                msg: "present, but the config says attention_bias = false".into(),
+            });
+        }
+        None
+    };
+    let mut gate_up = w.f32(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?;
+    gate_up.extend(w.f32(&format!("{p}.mlp.up_proj.weight"), &[i, h])?);
+    Ok(Block {
+        input_norm: w.f32(&format!("{p}.input_layernorm.weight"), &[h])?,
+        qkv: Linear {
+            w: qkv_w,
+            b: qkv_b,
+            out: q + 2 * kv,
+            inp: h,
+        },
+        o_proj: Linear {
+            w: attn("o_proj.weight", &[h, q])?,
+            b: None,
+            out: h,
+            inp: q,
+        },
+        post_attention_norm: w.f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+        gate_up: Linear {
+            w: gate_up,
+            b: None,
+            out: 2 * i,
+            inp: h,
+        },
+        down: Linear {
+            w: w.f32(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
+            b: None,
+            out: h,
+            inp: i,
+        },
+    })
+}
