@@ -1,0 +1,88 @@
+//! Shared helpers for the integration tests: fixture paths and reference tensors.
+#![allow(dead_code)]
+
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub const TINY_MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen2-untied", "tiny-llama"];
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// A reference tensor: shape and values (ints widened to f64 exactly enough for ids).
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub f32: Vec<f32>,
+    pub i64: Vec<i64>,
+}
+
+impl Tensor {
+    pub fn ids(&self) -> Vec<u32> {
+        self.i64.iter().map(|&v| v as u32).collect()
+    }
+
+    /// Row `i` along the first axis, flattened.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let w: usize = self.shape[1..].iter().product();
+        &self.f32[i * w..(i + 1) * w]
+    }
+}
+
+pub struct Reference {
+    pub tensors: HashMap<String, Tensor>,
+    pub json: serde_json::Value,
+}
+
+impl Reference {
+    pub fn load(dir: &str) -> Reference {
+        let dir = fixture(dir);
+        let bytes = std::fs::read(dir.join("reference.safetensors")).expect("reference.safetensors");
+        let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let (f32v, i64v) = match view.dtype() {
+                Dtype::F32 => (
+                    data.chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                        .collect(),
+                    Vec::new(),
+                ),
+                Dtype::I64 => (
+                    Vec::new(),
+                    data.chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                        .collect(),
+                ),
+                d => panic!("unexpected dtype {d:?} in reference"),
+            };
+            tensors.insert(
+                name,
+                Tensor {
+                    shape: view.shape().to_vec(),
+                    f32: f32v,
+                    i64: i64v,
+                },
+            );
+        }
+        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        Reference { tensors, json }
+    }
+
+    pub fn get(&self, name: &str) -> &Tensor {
+        self.tensors.get(name).unwrap_or_else(|| panic!("reference has no {name}"))
+    }
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Asserts |a - b| <= tol elementwise, naming what was compared.
+pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    let d = max_abs_diff(a, b);
+    assert!(d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
+}
