@@ -13,6 +13,7 @@ pub mod generate;
 pub mod hub;
 pub mod kv;
 pub mod model;
+pub mod patchscope;
 pub mod stream;
 pub mod tokenizer;
 pub mod weights;

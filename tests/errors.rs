@@ -36,7 +36,10 @@ fn tiny() -> Model {
 
 fn forward_err(model: &Model, rows: usize, req: Request) -> String {
     let mut caches: Vec<_> = (0..rows).map(|_| model.new_cache()).collect();
-    model.forward(&mut caches, &req).expect_err("should fail").to_string()
+    model
+        .forward(&mut caches, &req)
+        .expect_err("should fail")
+        .to_string()
 }
 
 #[test]
@@ -47,7 +50,14 @@ fn missing_folder_and_missing_files() {
         let dir = copy_fixture("tiny-qwen2");
         std::fs::remove_file(dir.path().join(file)).unwrap();
         let e = load_err(dir.path());
-        assert!(e.contains(if file == "model.safetensors" { "no model.safetensors" } else { file }), "{file}: {e}");
+        assert!(
+            e.contains(if file == "model.safetensors" {
+                "no model.safetensors"
+            } else {
+                file
+            }),
+            "{file}: {e}"
+        );
     }
     let dir = copy_fixture("tiny-qwen2-untied");
     std::fs::remove_file(dir.path().join("model-00002-of-00003.safetensors")).unwrap();
@@ -57,7 +67,11 @@ fn missing_folder_and_missing_files() {
 #[test]
 fn corrupt_files() {
     let dir = copy_fixture("tiny-qwen2");
-    std::fs::write(dir.path().join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00not json").unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00not json",
+    )
+    .unwrap();
     assert!(load_err(dir.path()).contains("cannot read safetensors"));
     let dir = copy_fixture("tiny-qwen2");
     std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
@@ -72,15 +86,29 @@ fn unknown_architecture_and_mismatched_shapes() {
     let dir = copy_fixture("tiny-qwen2");
     edit_config(dir.path(), "Qwen2ForCausalLM", "MistralForCausalLM");
     let e = load_err(dir.path());
-    assert!(e.contains("unsupported architecture \"MistralForCausalLM\""), "{e}");
+    assert!(
+        e.contains("unsupported architecture \"MistralForCausalLM\""),
+        "{e}"
+    );
 
     let dir = copy_fixture("tiny-qwen2");
-    edit_config(dir.path(), "\"intermediate_size\": 128", "\"intermediate_size\": 96");
+    edit_config(
+        dir.path(),
+        "\"intermediate_size\": 128",
+        "\"intermediate_size\": 96",
+    );
     let e = load_err(dir.path());
-    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[128, 64]"), "{e}");
+    assert!(
+        e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[128, 64]"),
+        "{e}"
+    );
 
     let dir = copy_fixture("tiny-qwen2-untied");
-    edit_config(dir.path(), "\"tie_word_embeddings\": false", "\"tie_word_embeddings\": false, \"hidden_act\": \"gelu\"");
+    edit_config(
+        dir.path(),
+        "\"tie_word_embeddings\": false",
+        "\"tie_word_embeddings\": false, \"hidden_act\": \"gelu\"",
+    );
     assert!(load_err(dir.path()).contains("hidden_act"));
 }
 
@@ -88,13 +116,32 @@ fn unknown_architecture_and_mismatched_shapes() {
 fn out_of_range_layers_positions_rows_and_tokens() {
     let m = tiny();
     let ids = vec![5u32, 6, 7];
-    let e = forward_err(&m, 1, Request::tokens(vec![ids.clone()]).read(Site::BlockOut(4), 0, Positions::All));
-    assert!(e.contains("layer 4 out of range") && e.contains("4 blocks (0..3)"), "{e}");
-    let e = forward_err(&m, 1, Request::tokens(vec![ids.clone()]).read(Site::Embed, 0, Positions::At(vec![3])));
+    let e = forward_err(
+        &m,
+        1,
+        Request::tokens(vec![ids.clone()]).read(Site::BlockOut(4), 0, Positions::All),
+    );
+    assert!(
+        e.contains("layer 4 out of range") && e.contains("4 blocks (0..3)"),
+        "{e}"
+    );
+    let e = forward_err(
+        &m,
+        1,
+        Request::tokens(vec![ids.clone()]).read(Site::Embed, 0, Positions::At(vec![3])),
+    );
     assert!(e.contains("position 3 of row 0 is not computed"), "{e}");
-    let e = forward_err(&m, 1, Request::tokens(vec![ids.clone()]).logits(LogitsAt::At(vec![(1, 0)])));
+    let e = forward_err(
+        &m,
+        1,
+        Request::tokens(vec![ids.clone()]).logits(LogitsAt::At(vec![(1, 0)])),
+    );
     assert!(e.contains("row 1 out of range"), "{e}");
-    let e = forward_err(&m, 1, Request::tokens(vec![ids.clone()]).write(Site::Embed, 0, 0, WriteOp::Add(vec![0.0; 3])));
+    let e = forward_err(
+        &m,
+        1,
+        Request::tokens(vec![ids.clone()]).write(Site::Embed, 0, 0, WriteOp::Add(vec![0.0; 3])),
+    );
     assert!(e.contains("3 values, hidden size is 64"), "{e}");
     let e = forward_err(&m, 1, Request::tokens(vec![vec![5, 512]]));
     assert!(e.contains("token id 512 out of range"), "{e}");
@@ -108,16 +155,26 @@ fn empty_and_too_long_prompts() {
     let e = forward_err(&m, 1, Request::tokens(vec![vec![]]));
     assert!(e.contains("empty"), "{e}");
     let e = forward_err(&m, 1, Request::tokens(vec![vec![7; 129]]));
-    assert!(e.contains("prompt too long") && e.contains("allows 128"), "{e}");
+    assert!(
+        e.contains("prompt too long") && e.contains("allows 128"),
+        "{e}"
+    );
     // continuing a cache past the limit is caught too
     let mut caches = vec![m.new_cache()];
-    m.forward(&mut caches, &Request::tokens(vec![vec![7; 128]])).unwrap();
-    let e = m.forward(&mut caches, &Request::tokens(vec![vec![7]])).unwrap_err().to_string();
+    m.forward(&mut caches, &Request::tokens(vec![vec![7; 128]]))
+        .unwrap();
+    let e = m
+        .forward(&mut caches, &Request::tokens(vec![vec![7]]))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("prompt too long"), "{e}");
 }
 
 fn cli(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qwen-scope")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qwen-scope"))
+        .args(args)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     (out.status.code().unwrap_or(-1), stderr)
@@ -130,13 +187,29 @@ fn cli_reports_errors_with_non_zero_exit() {
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("x.safetensors");
     let file = file.to_str().unwrap();
-    let (code, err) = cli(&["forward", "--model", "./missing-model", "--prompt", "hi", "--out", file]);
+    let (code, err) = cli(&[
+        "forward",
+        "--model",
+        "./missing-model",
+        "--prompt",
+        "hi",
+        "--out",
+        file,
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("neither a model folder"), "{err}");
     let (code, err) = cli(&["forward", "--model", tiny, "--prompt", "", "--out", file]);
     assert_ne!(code, 0);
     assert!(err.contains("empty prompt"), "{err}");
-    let (code, err) = cli(&["forward", "--model", tiny, "--prompt", "hi", "--out", "/no/such/dir/x.safetensors"]);
+    let (code, err) = cli(&[
+        "forward",
+        "--model",
+        tiny,
+        "--prompt",
+        "hi",
+        "--out",
+        "/no/such/dir/x.safetensors",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("cannot write"), "{err}");
 }
@@ -147,8 +220,15 @@ fn cli_forward_dump_matches_the_library() {
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("dump.safetensors");
     let (code, err) = cli(&[
-        "forward", "--model", tiny.to_str().unwrap(), "--prompt", "Hi there.", "--prompt", "The bridge was built in 1887.",
-        "--out", file.to_str().unwrap(),
+        "forward",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--prompt",
+        "Hi there.",
+        "--prompt",
+        "The bridge was built in 1887.",
+        "--out",
+        file.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
     let bytes = std::fs::read(&file).unwrap();
@@ -159,8 +239,17 @@ fn cli_forward_dump_matches_the_library() {
     let (t_max, h) = (want.shape[1], want.shape[2]);
     let got = st.tensor("row1.final_norm").unwrap();
     let t = got.shape()[0];
-    let got: Vec<f32> = got.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let got: Vec<f32> = got
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     let at = 2 * t_max + t_max - 1;
-    common::assert_close("cli final_norm", &got[(t - 1) * h..], &want.f32[at * h..(at + 1) * h], 1e-4);
+    common::assert_close(
+        "cli final_norm",
+        &got[(t - 1) * h..],
+        &want.f32[at * h..(at + 1) * h],
+        1e-4,
+    );
     assert!(st.tensor("row0.resid_post.3").is_ok() && st.tensor("row0.embed").is_ok());
 }

@@ -42,7 +42,11 @@ fn tokenizer_matches_transformers() {
     for name in TINY_MODELS {
         let (model, r) = load(name);
         let text = r.json["single"].as_str().unwrap();
-        assert_eq!(model.tokenizer.encode(text).unwrap(), r.get("single.input_ids").ids(), "{name}");
+        assert_eq!(
+            model.tokenizer.encode(text).unwrap(),
+            r.get("single.input_ids").ids(),
+            "{name}"
+        );
     }
 }
 
@@ -53,7 +57,10 @@ fn single_prompt_logits_and_every_state_match() {
         let ids = r.get("single.input_ids").ids();
         let mut caches = vec![model.new_cache()];
         let out = model
-            .forward(&mut caches, &read_everything(Request::tokens(vec![ids.clone()]), 1, &model))
+            .forward(
+                &mut caches,
+                &read_everything(Request::tokens(vec![ids.clone()]), 1, &model),
+            )
             .unwrap();
         for p in 0..ids.len() {
             assert_close(
@@ -89,10 +96,16 @@ fn batched_rows_of_unequal_length_match_padded_reference() {
             offsets.push(off);
             rows.push(padded.ids()[i * t_max + off..(i + 1) * t_max].to_vec());
         }
-        assert!(rows.windows(2).all(|w| w[0].len() != w[1].len()), "rows must differ in length");
+        assert!(
+            rows.windows(2).all(|w| w[0].len() != w[1].len()),
+            "rows must differ in length"
+        );
         let mut caches: Vec<_> = (0..b).map(|_| model.new_cache()).collect();
         let out = model
-            .forward(&mut caches, &read_everything(Request::tokens(rows.clone()), b, &model))
+            .forward(
+                &mut caches,
+                &read_everything(Request::tokens(rows.clone()), b, &model),
+            )
             .unwrap();
         let v = model.config.vocab_size;
         let h = model.config.hidden_size;
@@ -126,15 +139,28 @@ fn prefill_then_incremental_decode_matches() {
         let prefill = 5;
         let mut caches = vec![model.new_cache()];
         let out = model
-            .forward(&mut caches, &Request::tokens(vec![ids[..prefill].to_vec()]).logits(LogitsAt::All))
+            .forward(
+                &mut caches,
+                &Request::tokens(vec![ids[..prefill].to_vec()]).logits(LogitsAt::All),
+            )
             .unwrap();
         for p in 0..prefill {
-            assert_close(&format!("{name} prefill logits[{p}]"), out.logits_at(0, p).unwrap(), r.get("single.logits").row(p), TOL);
+            assert_close(
+                &format!("{name} prefill logits[{p}]"),
+                out.logits_at(0, p).unwrap(),
+                r.get("single.logits").row(p),
+                TOL,
+            );
         }
         for p in prefill..ids.len() {
             let req = read_everything(Request::tokens(vec![vec![ids[p]]]), 1, &model);
             let out = model.forward(&mut caches, &req).unwrap();
-            assert_close(&format!("{name} decode logits[{p}]"), out.logits_at(0, p).unwrap(), r.get("single.logits").row(p), TOL);
+            assert_close(
+                &format!("{name} decode logits[{p}]"),
+                out.logits_at(0, p).unwrap(),
+                r.get("single.logits").row(p),
+                TOL,
+            );
             for s in all_sites(&model) {
                 assert_close(
                     &format!("{name} decode {s}[{p}]"),
@@ -157,12 +183,21 @@ fn writing_back_what_was_read_leaves_logits_bit_identical() {
     let mut req = Request::tokens(vec![ids.clone()]).logits(LogitsAt::All);
     for s in all_sites(&model) {
         for p in 0..ids.len() {
-            req = req.write(s, 0, p, WriteOp::Replace(base.state(s, 0, p).unwrap().to_vec()));
+            req = req.write(
+                s,
+                0,
+                p,
+                WriteOp::Replace(base.state(s, 0, p).unwrap().to_vec()),
+            );
         }
     }
     let again = model.forward(&mut [model.new_cache()], &req).unwrap();
     for p in 0..ids.len() {
-        assert_eq!(base.logits_at(0, p).unwrap(), again.logits_at(0, p).unwrap(), "position {p}");
+        assert_eq!(
+            base.logits_at(0, p).unwrap(),
+            again.logits_at(0, p).unwrap(),
+            "position {p}"
+        );
     }
 }
 
@@ -174,7 +209,10 @@ fn replace_and_add_writes_match_hooked_transformers() {
         let layer = r.json["patch_layer"].as_u64().unwrap() as usize;
         let pos = r.json["patch_pos"].as_u64().unwrap() as usize;
         let v = r.get("patch.vector").f32.clone();
-        for (op, key) in [(WriteOp::Replace(v.clone()), "patch.logits"), (WriteOp::Add(v.clone()), "patch_add.logits")] {
+        for (op, key) in [
+            (WriteOp::Replace(v.clone()), "patch.logits"),
+            (WriteOp::Add(v.clone()), "patch_add.logits"),
+        ] {
             let mut req = Request::tokens(vec![ids.clone()])
                 .logits(LogitsAt::All)
                 .write(Site::BlockOut(layer), 0, pos, op.clone());
@@ -183,7 +221,12 @@ fn replace_and_add_writes_match_hooked_transformers() {
             }
             let out = model.forward(&mut [model.new_cache()], &req).unwrap();
             for p in 0..ids.len() {
-                assert_close(&format!("{name} {key}[{p}]"), out.logits_at(0, p).unwrap(), r.get(key).row(p), TOL);
+                assert_close(
+                    &format!("{name} {key}[{p}]"),
+                    out.logits_at(0, p).unwrap(),
+                    r.get(key).row(p),
+                    TOL,
+                );
                 if matches!(op, WriteOp::Replace(_)) {
                     for l in 0..model.num_layers() {
                         assert_close(
@@ -205,14 +248,24 @@ fn greedy_generation_matches_with_and_without_a_prompt_patch() {
         let (model, r) = load(name);
         let ids = r.get("single.input_ids").ids();
         let n = r.json["num_generate"].as_u64().unwrap() as usize;
-        let plain = model.greedy(&mut [model.new_cache()], Request::tokens(vec![ids.clone()]), n).unwrap();
+        let plain = model
+            .greedy(
+                &mut [model.new_cache()],
+                Request::tokens(vec![ids.clone()]),
+                n,
+            )
+            .unwrap();
         assert_eq!(plain[0], r.get("generate.new_tokens").ids(), "{name} plain");
         let layer = r.json["patch_layer"].as_u64().unwrap() as usize;
         let pos = r.json["patch_pos"].as_u64().unwrap() as usize;
         let patch = WriteOp::Replace(r.get("patch.vector").f32.clone());
         let first = Request::tokens(vec![ids.clone()]).write(Site::BlockOut(layer), 0, pos, patch);
         let patched = model.greedy(&mut [model.new_cache()], first, n).unwrap();
-        assert_eq!(patched[0], r.get("generate_patched.new_tokens").ids(), "{name} patched");
+        assert_eq!(
+            patched[0],
+            r.get("generate_patched.new_tokens").ids(),
+            "{name} patched"
+        );
     }
 }
 
@@ -223,16 +276,31 @@ fn shared_prefix_cache_serves_many_continuations() {
     let split = 6;
     let mut prefix = model.new_cache();
     model
-        .forward(std::slice::from_mut(&mut prefix), &Request::tokens(vec![ids[..split].to_vec()]).logits(LogitsAt::None))
+        .forward(
+            std::slice::from_mut(&mut prefix),
+            &Request::tokens(vec![ids[..split].to_vec()]).logits(LogitsAt::None),
+        )
         .unwrap();
     let prefix = Arc::new(prefix);
     // three rows continue the same prefix with different lengths, in one batch
     let mut caches: Vec<KvCache> = (0..3).map(|_| prefix.fork_at(split).unwrap()).collect();
-    let rows: Vec<Vec<u32>> = (0..3).map(|i| ids[split..split + 2 + 3 * i].to_vec()).collect();
-    let out = model.forward(&mut caches, &Request::tokens(rows.clone()).logits(LogitsAt::All)).unwrap();
+    let rows: Vec<Vec<u32>> = (0..3)
+        .map(|i| ids[split..split + 2 + 3 * i].to_vec())
+        .collect();
+    let out = model
+        .forward(
+            &mut caches,
+            &Request::tokens(rows.clone()).logits(LogitsAt::All),
+        )
+        .unwrap();
     for (i, row) in rows.iter().enumerate() {
         for p in split..split + row.len() {
-            assert_close(&format!("fork {i} logits[{p}]"), out.logits_at(i, p).unwrap(), r.get("single.logits").row(p), TOL);
+            assert_close(
+                &format!("fork {i} logits[{p}]"),
+                out.logits_at(i, p).unwrap(),
+                r.get("single.logits").row(p),
+                TOL,
+            );
         }
     }
     assert_eq!(prefix.len(0), split, "the shared prefix is not modified");
@@ -245,7 +313,10 @@ fn a_pass_can_start_after_any_block_from_given_states() {
         let ids = r.get("single.input_ids").ids();
         let mut full = model.new_cache();
         model
-            .forward(std::slice::from_mut(&mut full), &Request::tokens(vec![ids.clone()]).logits(LogitsAt::None))
+            .forward(
+                std::slice::from_mut(&mut full),
+                &Request::tokens(vec![ids.clone()]).logits(LogitsAt::None),
+            )
             .unwrap();
         let full = Arc::new(full);
         let last = ids.len() - 1;
@@ -255,15 +326,25 @@ fn a_pass_can_start_after_any_block_from_given_states() {
         for site in starts {
             // blocks up to the start site keep the last position; later ones recompute it
             let first = site.next_block(num_layers);
-            let lens: Vec<usize> = (0..num_layers).map(|l| if l < first { last + 1 } else { last }).collect();
+            let lens: Vec<usize> = (0..num_layers)
+                .map(|l| if l < first { last + 1 } else { last })
+                .collect();
             let mut caches = vec![full.fork(&lens).unwrap()];
             let state = r.get(&ref_name("single", site)).row(last).to_vec();
             let req = Request::new(Input::Hidden {
                 site,
-                rows: vec![HiddenRow { start_pos: last, states: state }],
+                rows: vec![HiddenRow {
+                    start_pos: last,
+                    states: state,
+                }],
             });
             let out = model.forward(&mut caches, &req).unwrap();
-            assert_close(&format!("{name} from {site}"), out.logits_at(0, last).unwrap(), r.get("single.logits").row(last), TOL);
+            assert_close(
+                &format!("{name} from {site}"),
+                out.logits_at(0, last).unwrap(),
+                r.get("single.logits").row(last),
+                TOL,
+            );
         }
     }
 }

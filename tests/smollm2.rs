@@ -20,7 +20,11 @@ fn smollm2() -> Option<Model> {
             "CI=true but {} is missing: .ci/run must convert it",
             dir.display()
         );
-        eprintln!("SKIPPED: {} not found; run tools/convert_smollm2.py --out {}", dir.display(), dir.display());
+        eprintln!(
+            "SKIPPED: {} not found; run tools/convert_smollm2.py --out {}",
+            dir.display(),
+            dir.display()
+        );
         return None;
     }
     Some(Model::load(dir.to_str().unwrap(), None).expect("converted SmolLM2 loads"))
@@ -36,17 +40,35 @@ fn smollm2_matches_transformers() {
         let i = p["index"].as_u64().unwrap() as usize;
         let text = p["text"].as_str().unwrap();
         let ids = model.tokenizer.encode(text).unwrap();
-        assert_eq!(ids, r.get(&format!("prompt.{i}.input_ids")).ids(), "tokens of prompt {i}");
-        let logits_at = if i == passage { LogitsAt::All } else { LogitsAt::Last };
+        assert_eq!(
+            ids,
+            r.get(&format!("prompt.{i}.input_ids")).ids(),
+            "tokens of prompt {i}"
+        );
+        let logits_at = if i == passage {
+            LogitsAt::All
+        } else {
+            LogitsAt::Last
+        };
         let out = model
-            .forward(&mut [model.new_cache()], &Request::tokens(vec![ids.clone()]).logits(logits_at))
+            .forward(
+                &mut [model.new_cache()],
+                &Request::tokens(vec![ids.clone()]).logits(logits_at),
+            )
             .unwrap();
         let last = out.last_logits(0).unwrap();
         let want = &r.get(&format!("prompt.{i}.last_logits")).f32;
         let diff = max_abs_diff(last, want);
-        eprintln!("prompt {i} ({} tokens): max |logit diff| {diff:.2e}", ids.len());
+        eprintln!(
+            "prompt {i} ({} tokens): max |logit diff| {diff:.2e}",
+            ids.len()
+        );
         assert!(diff <= 1e-3, "prompt {i}: max |logit diff| {diff:e} > 1e-3");
-        assert_eq!(argmax(last), p["top1_id"].as_u64().unwrap() as usize, "top-1 of prompt {i}");
+        assert_eq!(
+            argmax(last),
+            p["top1_id"].as_u64().unwrap() as usize,
+            "top-1 of prompt {i}"
+        );
         if i == passage {
             // per-token NLL over a long passage catches RoPE/permutation errors that
             // short prompts hide
@@ -66,7 +88,12 @@ fn smollm2_tokenizer_cases_match_transformers() {
     let r = Reference::load("smollm2");
     for case in r.json["tokenizer_cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = case["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(model.tokenizer.encode(text).unwrap(), want, "{text:?}");
     }
 }

@@ -4,19 +4,35 @@ use anyhow::{ensure, Result};
 use qwen_scope::{LogitsAt, Model, Request};
 use std::time::Instant;
 
-pub fn bench(model: &Model, tokens: usize, batch: usize, decode: usize, repeat: usize) -> Result<()> {
-    ensure!(tokens > 0 && batch > 0 && repeat > 0, "--tokens, --batch and --repeat must be positive");
+pub fn bench(
+    model: &Model,
+    tokens: usize,
+    batch: usize,
+    decode: usize,
+    repeat: usize,
+) -> Result<()> {
+    ensure!(
+        tokens > 0 && batch > 0 && repeat > 0,
+        "--tokens, --batch and --repeat must be positive"
+    );
     let vocab = model.config.vocab_size as u64;
     // fixed pseudo-random ids, different per row
     let rows: Vec<Vec<u32>> = (0..batch as u64)
-        .map(|r| (0..tokens as u64).map(|i| ((r * 7919 + i * 104_729 + 13) % vocab) as u32).collect())
+        .map(|r| {
+            (0..tokens as u64)
+                .map(|i| ((r * 7919 + i * 104_729 + 13) % vocab) as u32)
+                .collect()
+        })
         .collect();
     let mut prefill = Vec::new();
     let mut step = Vec::new();
     for _ in 0..repeat {
         let mut caches: Vec<_> = rows.iter().map(|_| model.new_cache()).collect();
         let t = Instant::now();
-        model.forward(&mut caches, &Request::tokens(rows.clone()).logits(LogitsAt::Last))?;
+        model.forward(
+            &mut caches,
+            &Request::tokens(rows.clone()).logits(LogitsAt::Last),
+        )?;
         prefill.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         for s in 0..decode {

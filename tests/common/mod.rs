@@ -8,7 +8,9 @@ use std::path::PathBuf;
 pub const TINY_MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen2-untied", "tiny-llama"];
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// A reference tensor: shape and values (ints widened to f64 exactly enough for ids).
@@ -38,7 +40,8 @@ pub struct Reference {
 impl Reference {
     pub fn load(dir: &str) -> Reference {
         let dir = fixture(dir);
-        let bytes = std::fs::read(dir.join("reference.safetensors")).expect("reference.safetensors");
+        let bytes =
+            std::fs::read(dir.join("reference.safetensors")).expect("reference.safetensors");
         let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
@@ -67,18 +70,25 @@ impl Reference {
                 },
             );
         }
-        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let json =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
         Reference { tensors, json }
     }
 
     pub fn get(&self, name: &str) -> &Tensor {
-        self.tensors.get(name).unwrap_or_else(|| panic!("reference has no {name}"))
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("reference has no {name}"))
     }
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Asserts |a - b| <= tol elementwise, naming what was compared.

@@ -1,0 +1,378 @@
+//! The next-token experiment (paper section 4.1): decode what a source state at layer l
+//! predicts, three ways — the token-identity patchscope, the logit lens, and the affine
+//! "tuned lens" of the official code — and score each against the source model's own
+//! next-token prediction (precision@1, surprisal in nats).
+//!
+//! Two paths compute the same metrics. The fast path runs the target prompt once, keeps
+//! its KV cache, and runs each cell as one token through blocks l*+1.. against that shared
+//! prefix, all cells of a target site in one batch; lenses read the LM head directly. The
+//! reference path does what hook-based code does: a whole target forward per cell.
+
+use super::mapping::Affine;
+use super::{source_position, target_site};
+use crate::backend::cpu::logits::{argmax, log_softmax};
+use crate::error::{Error, Result};
+use crate::forward::{HiddenRow, Input, LogitsAt, Request};
+use crate::kv::KvCache;
+use crate::model::Model;
+use crate::stream::{Positions, Site, WriteOp};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A source prompt's states at its chosen position, and the model's own prediction there.
+pub struct Source {
+    /// Index of the prompt in its file (it seeds the position).
+    pub index: usize,
+    pub num_tokens: usize,
+    pub position: usize,
+    /// Raw output of every block at `position`.
+    pub block_out: Vec<Vec<f32>>,
+    /// Final-normed state at `position` (HF's last hidden state).
+    pub final_norm: Vec<f32>,
+    /// Natural-log softmax of the source logits at `position`.
+    pub log_probs: Vec<f32>,
+    pub top1: u32,
+}
+
+impl Source {
+    /// The layer-`layer` representation as the paper defines it (HF `hidden_states[l + 1]`).
+    pub fn rep(&self, layer: usize) -> &[f32] {
+        if layer + 1 == self.block_out.len() {
+            &self.final_norm
+        } else {
+            &self.block_out[layer]
+        }
+    }
+
+    fn score(&self, logits: &[f32]) -> Cell {
+        let pred = argmax(logits);
+        Cell {
+            pred: pred as u32,
+            prec1: pred as u32 == self.top1,
+            surprisal: -self.log_probs[pred],
+        }
+    }
+}
+
+/// One decoded prediction and its scores.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    pub pred: u32,
+    pub prec1: bool,
+    pub surprisal: f32,
+}
+
+/// All results for one source prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleResult {
+    pub index: usize,
+    pub position: usize,
+    pub num_tokens: usize,
+    pub source_top1: u32,
+    /// [source layer][target layer]: one entry (l* = l) per layer, or all l* with a grid.
+    pub token_identity: Vec<Vec<Cell>>,
+    pub logit_lens: Vec<Cell>,
+    pub tuned_lens: Vec<Cell>,
+}
+
+/// Runs source prompts (a batch of rows) and keeps their states at the seeded position.
+/// Only tokens up to the position are run: later ones cannot change it.
+pub fn run_sources(model: &Model, prompts: &[(usize, Vec<u32>)], seed: u64) -> Result<Vec<Source>> {
+    let num_layers = model.num_layers();
+    let positions: Vec<usize> = prompts
+        .iter()
+        .map(|(index, tokens)| {
+            if tokens.is_empty() {
+                return Err(Error::input(format!("prompt {index} is empty")));
+            }
+            Ok(source_position(seed, *index, tokens.len()))
+        })
+        .collect::<Result<_>>()?;
+    let rows: Vec<Vec<u32>> = prompts
+        .iter()
+        .zip(&positions)
+        .map(|((_, t), &p)| t[..=p].to_vec())
+        .collect();
+    let mut req = Request::tokens(rows).logits(LogitsAt::Last);
+    for r in 0..prompts.len() {
+        for l in 0..num_layers {
+            req = req.read(Site::BlockOut(l), r, Positions::Last);
+        }
+        req = req.read(Site::FinalNorm, r, Positions::Last);
+    }
+    let mut caches: Vec<KvCache> = prompts.iter().map(|_| model.new_cache()).collect();
+    let out = model.forward(&mut caches, &req)?;
+    Ok(prompts
+        .iter()
+        .zip(&positions)
+        .enumerate()
+        .map(|(r, ((index, tokens), &pos))| {
+            let state = |s: Site| out.state(s, r, pos).expect("state was read").to_vec();
+            let log_probs = log_softmax(out.last_logits(r).expect("logits were asked"));
+            Source {
+                index: *index,
+                num_tokens: tokens.len(),
+                position: pos,
+                block_out: (0..num_layers).map(|l| state(Site::BlockOut(l))).collect(),
+                final_norm: state(Site::FinalNorm),
+                top1: argmax(&log_probs) as u32,
+                log_probs,
+            }
+        })
+        .collect())
+}
+
+/// Fits the tuned lens: for every layer, the affine map from the layer-l representation to
+/// the last layer's (final-normed) representation over the training sources.
+pub fn fit_tuned_lens(sources: &[Source], num_layers: usize) -> Result<Vec<Affine>> {
+    let ys: Vec<Vec<f32>> = sources.iter().map(|s| s.final_norm.clone()).collect();
+    (0..num_layers)
+        .map(|l| {
+            let xs: Vec<Vec<f32>> = sources.iter().map(|s| s.rep(l).to_vec()).collect();
+            Affine::fit(&xs, &ys)
+        })
+        .collect()
+}
+
+/// The next-token experiment over one model and one target prompt.
+pub struct NextToken<'m> {
+    model: &'m Model,
+    target_tokens: Vec<u32>,
+    /// The target prompt run once, every block, every position.
+    target_cache: Arc<KvCache>,
+    tuned_lens: Vec<Affine>,
+    grid: bool,
+}
+
+impl<'m> NextToken<'m> {
+    /// `target` is patched at its last token; `grid` evaluates every (l, l*) pair.
+    pub fn new(
+        model: &'m Model,
+        target: &str,
+        tuned_lens: Vec<Affine>,
+        grid: bool,
+    ) -> Result<Self> {
+        let target_tokens = model.tokenizer.encode(target)?;
+        if target_tokens.is_empty() {
+            return Err(Error::input("the target prompt is empty"));
+        }
+        if tuned_lens.len() != model.num_layers() {
+            return Err(Error::input(format!(
+                "{} tuned-lens maps for {} layers",
+                tuned_lens.len(),
+                model.num_layers()
+            )));
+        }
+        let mut cache = model.new_cache();
+        let req = Request::tokens(vec![target_tokens.clone()]).logits(LogitsAt::None);
+        model.forward(std::slice::from_mut(&mut cache), &req)?;
+        Ok(NextToken {
+            model,
+            target_tokens,
+            target_cache: Arc::new(cache),
+            tuned_lens,
+            grid,
+        })
+    }
+
+    fn num_layers(&self) -> usize {
+        self.model.num_layers()
+    }
+
+    fn target_layers(&self, source_layer: usize) -> Vec<usize> {
+        if self.grid {
+            (0..self.num_layers()).collect()
+        } else {
+            vec![source_layer]
+        }
+    }
+
+    /// Fast path: shared target prefix, one batched pass per target site.
+    pub fn evaluate(&self, sources: &[Source]) -> Result<Vec<SampleResult>> {
+        let num_layers = self.num_layers();
+        let mut results: Vec<SampleResult> = sources.iter().map(|s| self.empty_result(s)).collect();
+
+        // token identity: group the cells by the site they patch
+        let mut groups: Vec<(Site, Vec<(usize, usize, usize)>)> = Vec::new();
+        for (i, _) in sources.iter().enumerate() {
+            for l in 0..num_layers {
+                for (slot, lt) in self.target_layers(l).into_iter().enumerate() {
+                    let site = target_site(l, lt, num_layers);
+                    match groups.iter_mut().find(|(s, _)| *s == site) {
+                        Some((_, cells)) => cells.push((i, l, slot)),
+                        None => groups.push((site, vec![(i, l, slot)])),
+                    }
+                }
+            }
+        }
+        let patch_pos = self.target_tokens.len() - 1;
+        for (site, cells) in groups {
+            // blocks up to the patch site keep the target's own state at the patched
+            // position; blocks after it recompute that position from the patch
+            let first_block = site.next_block(num_layers);
+            let lens: Vec<usize> = (0..num_layers)
+                .map(|b| {
+                    if b < first_block {
+                        patch_pos + 1
+                    } else {
+                        patch_pos
+                    }
+                })
+                .collect();
+            let mut caches = cells
+                .iter()
+                .map(|_| self.target_cache.fork(&lens))
+                .collect::<Result<Vec<_>>>()?;
+            let states = cells
+                .iter()
+                .map(|&(i, l, _)| sources[i].rep(l).to_vec())
+                .collect();
+            let logits = self.run_hidden(site, patch_pos, states, &mut caches)?;
+            for (&(i, l, slot), lg) in cells.iter().zip(&logits) {
+                results[i].token_identity[l][slot] = sources[i].score(lg);
+            }
+        }
+
+        // lenses: final norm + LM head (or the LM head alone on final-normed states)
+        let last = num_layers - 1;
+        for tuned in [false, true] {
+            for l in 0..num_layers {
+                // a tuned-lens output is patched where the official code puts it: the last
+                // layer of the source prompt, final-norm rule included
+                let site = if tuned {
+                    target_site(l, last, num_layers)
+                } else {
+                    Site::BlockOut(last)
+                };
+                let states: Vec<Vec<f32>> = sources
+                    .iter()
+                    .map(|s| {
+                        if tuned {
+                            self.tuned_lens[l].apply(s.rep(l))
+                        } else {
+                            s.block_out[l].clone()
+                        }
+                    })
+                    .collect();
+                let mut caches: Vec<KvCache> =
+                    sources.iter().map(|_| self.model.new_cache()).collect();
+                let logits = self.run_hidden(site, 0, states, &mut caches)?;
+                for ((r, s), lg) in results.iter_mut().zip(sources).zip(&logits) {
+                    let cell = s.score(lg);
+                    if tuned {
+                        r.tuned_lens[l] = cell;
+                    } else {
+                        r.logit_lens[l] = cell;
+                    }
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Reference path, the way hook-based code does it: every cell is a whole forward of
+    /// its target prompt with one write, from a whole (untruncated) source pass.
+    pub fn evaluate_reference(
+        &self,
+        index: usize,
+        tokens: &[u32],
+        seed: u64,
+    ) -> Result<SampleResult> {
+        let num_layers = self.num_layers();
+        let model = self.model;
+        let pos = source_position(seed, index, tokens.len());
+        let mut req = Request::tokens(vec![tokens.to_vec()]).logits(LogitsAt::At(vec![(0, pos)]));
+        for l in 0..num_layers {
+            req = req.read(Site::BlockOut(l), 0, Positions::At(vec![pos]));
+        }
+        req = req.read(Site::FinalNorm, 0, Positions::At(vec![pos]));
+        let out = model.forward(&mut [model.new_cache()], &req)?;
+        let log_probs = log_softmax(out.logits_at(0, pos).expect("logits were asked"));
+        let source = Source {
+            index,
+            num_tokens: tokens.len(),
+            position: pos,
+            block_out: (0..num_layers)
+                .map(|l| out.state(Site::BlockOut(l), 0, pos).unwrap().to_vec())
+                .collect(),
+            final_norm: out.state(Site::FinalNorm, 0, pos).unwrap().to_vec(),
+            top1: argmax(&log_probs) as u32,
+            log_probs,
+        };
+        // a whole prompt with one replaced state, logits at `at`
+        let patched = |prompt: &[u32], site: Site, at: usize, v: Vec<f32>| -> Result<Cell> {
+            let req = Request::tokens(vec![prompt.to_vec()])
+                .logits(LogitsAt::At(vec![(0, at)]))
+                .write(site, 0, at, WriteOp::Replace(v));
+            let out = model.forward(&mut [model.new_cache()], &req)?;
+            Ok(source.score(out.logits_at(0, at).expect("logits were asked")))
+        };
+        let mut result = self.empty_result(&source);
+        let patch_pos = self.target_tokens.len() - 1;
+        for l in 0..num_layers {
+            for (slot, lt) in self.target_layers(l).into_iter().enumerate() {
+                let site = target_site(l, lt, num_layers);
+                result.token_identity[l][slot] =
+                    patched(&self.target_tokens, site, patch_pos, source.rep(l).to_vec())?;
+            }
+            // the official lens evaluation: patch the source prompt itself at the last layer
+            let last = num_layers - 1;
+            result.logit_lens[l] = patched(
+                tokens,
+                Site::BlockOut(last),
+                pos,
+                source.block_out[l].clone(),
+            )?;
+            let mapped = self.tuned_lens[l].apply(source.rep(l));
+            result.tuned_lens[l] = patched(tokens, target_site(l, last, num_layers), pos, mapped)?;
+        }
+        Ok(result)
+    }
+
+    fn empty_result(&self, s: &Source) -> SampleResult {
+        let l = self.num_layers();
+        let blank = Cell {
+            pred: 0,
+            prec1: false,
+            surprisal: f32::NAN,
+        };
+        SampleResult {
+            index: s.index,
+            position: s.position,
+            num_tokens: s.num_tokens,
+            source_top1: s.top1,
+            token_identity: (0..l)
+                .map(|sl| vec![blank; self.target_layers(sl).len()])
+                .collect(),
+            logit_lens: vec![blank; l],
+            tuned_lens: vec![blank; l],
+        }
+    }
+
+    /// One batched pass from `site` on, one row per state, logits at each row's position.
+    fn run_hidden(
+        &self,
+        site: Site,
+        pos: usize,
+        states: Vec<Vec<f32>>,
+        caches: &mut [KvCache],
+    ) -> Result<Vec<Vec<f32>>> {
+        let rows = states
+            .into_iter()
+            .map(|s| HiddenRow {
+                start_pos: pos,
+                states: s,
+            })
+            .collect();
+        let out = self
+            .model
+            .forward(caches, &Request::new(Input::Hidden { site, rows }))?;
+        Ok((0..caches.len())
+            .map(|r| {
+                out.last_logits(r)
+                    .expect("one logit row per input row")
+                    .to_vec()
+            })
+            .collect())
+    }
+}
