@@ -203,7 +203,7 @@ impl Model {
                 .collect();
             let vocab = self.config.vocab_size;
             let mut y = vec![0.0; logit_rows.len() * vocab];
-            matmul::matmul_bt(&x, logit_rows.len(), hidden, self.lm_head(), vocab, &mut y);
+            matmul::linear(&x, logit_rows.len(), &self.lm_head, &mut y);
             out.logits = logit_rows
                 .iter()
                 .zip(y.chunks_exact(vocab))

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod forward;
 pub mod generate;
@@ -14,6 +15,7 @@ pub mod hub;
 pub mod kv;
 pub mod model;
 pub mod patchscope;
+pub mod report;
 pub mod stream;
 pub mod tokenizer;
 pub mod weights;

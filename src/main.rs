@@ -73,6 +73,14 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         max_new: usize,
     },
+    /// The next-token experiment (paper section 4.1) at every layer: token-identity
+    /// patchscope, logit lens and tuned lens, with tables and plots.
+    Sweep {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sweep: cli::sweep::SweepArgs,
+    },
     /// Time a prefill and batched greedy decode steps (median of --repeat runs).
     Bench {
         #[command(flatten)]
@@ -104,6 +112,7 @@ fn main() -> Result<()> {
             prompt,
             max_new,
         } => cli::forward::generate(&model.load()?, &prompt, max_new),
+        Command::Sweep { model, sweep } => cli::sweep::sweep(&model.load()?, &model.model, &sweep),
         Command::Bench {
             model,
             tokens,

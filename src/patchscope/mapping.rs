@@ -159,8 +159,9 @@ mod tests {
             .iter()
             .map(|x| vec![2.0 * x[0] + 0.5, x[0] - x[1] + 3.0])
             .collect();
-        for n in [3, 12] {
-            // n = 3: exactly determined (d = 3); n = 12: over-determined normal equations
+        for n in [4, 12] {
+            // n = 4: the SVD path (the first three points are affinely collinear, the fourth is
+            // not); n = 12: the normal equations
             let a = Affine::fit(&xs[..n], &ys[..n]).unwrap();
             for (x, y) in xs.iter().zip(&ys) {
                 let got = a.apply(x);

@@ -1,0 +1,266 @@
+//! `qwen-scope sweep`: the next-token experiment (paper section 4.1) over every layer,
+//! with a resumable journal, CSV/JSON tables and plots.
+
+use anyhow::{bail, ensure, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use qwen_scope::data::{load_prompts, parse_lines, DEFAULT_PROMPTS};
+use qwen_scope::patchscope::mapping::{load_affines, save_affines, Affine};
+use qwen_scope::patchscope::next_token::{fit_tuned_lens, run_sources, NextToken, SampleResult};
+use qwen_scope::report::{journal::Journal, plot, summary, write_atomic};
+use qwen_scope::Model;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct SweepArgs {
+    /// Prompts (.txt one per line, or .jsonl with {"text": ...}); default: the 300
+    /// sentences shipped with qwen-scope.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Prompts used to fit the tuned lens (the first ones in the file). Default: half.
+    #[arg(long)]
+    pub train: Option<usize>,
+    /// Prompts evaluated (the ones after the training prompts). Default: the rest.
+    #[arg(long)]
+    pub val: Option<usize>,
+    /// Seed of the source positions.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Evaluate every (source layer, target layer) pair, not only the same layer.
+    #[arg(long)]
+    pub grid: bool,
+    /// Target prompt of the token-identity patchscope, patched at its last token.
+    #[arg(long, default_value = qwen_scope::patchscope::TOKEN_IDENTITY_PROMPT)]
+    pub target_prompt: String,
+    /// Results folder.
+    #[arg(long, default_value = "results/sweep")]
+    pub out: PathBuf,
+    /// Continue an interrupted run in --out (same settings) instead of starting over.
+    #[arg(long)]
+    pub resume: bool,
+    /// Source prompts per batch (one journal flush per batch).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Use the reference path (one whole target forward per cell) instead of the fast one.
+    #[arg(long)]
+    pub reference: bool,
+}
+
+pub fn sweep(model: &Model, model_name: &str, a: &SweepArgs) -> Result<()> {
+    let prompts = match &a.prompts {
+        Some(p) => load_prompts(p)?,
+        None => parse_lines(DEFAULT_PROMPTS),
+    };
+    let train = a.train.unwrap_or(prompts.len() / 2);
+    let val = a.val.unwrap_or(prompts.len().saturating_sub(train));
+    ensure!(
+        train > 0,
+        "--train must be at least 1 (the tuned lens needs training prompts)"
+    );
+    ensure!(val > 0, "--val must be at least 1");
+    ensure!(a.batch > 0, "--batch must be at least 1");
+    ensure!(
+        train + val <= prompts.len(),
+        "--train {train} + --val {val} needs {} prompts, the prompt set has {}",
+        train + val,
+        prompts.len()
+    );
+    let run = serde_json::json!({
+        "experiment": "next_token",
+        "model": model_name,
+        "num_layers": model.num_layers(),
+        "prompts": a.prompts.as_ref().map(|p| p.display().to_string()).unwrap_or("default".into()),
+        "prompts_digest": digest(&prompts[..train + val]),
+        "train": train,
+        "val": val,
+        "seed": a.seed,
+        "grid": a.grid,
+        "target_prompt": a.target_prompt,
+        "path": if a.reference { "reference" } else { "fast" },
+    });
+    prepare_out(&a.out, &run, a.resume)?;
+
+    let encode = |range: std::ops::Range<usize>| -> Result<Vec<(usize, Vec<u32>)>> {
+        range
+            .map(|i| {
+                let t = model.tokenizer.encode(&prompts[i])?;
+                ensure!(!t.is_empty(), "prompt {i} has no tokens");
+                Ok((i, t))
+            })
+            .collect()
+    };
+    let train_set = encode(0..train)?;
+    let val_set = encode(train..train + val)?;
+    let tuned = tuned_lens(model, &train_set, a, &a.out.join("tuned_lens.safetensors"))?;
+    let experiment = NextToken::new(model, &a.target_prompt, tuned, a.grid)?;
+
+    let (mut journal, mut results) =
+        Journal::open::<SampleResult>(&a.out.join("samples.jsonl"), !a.resume)?;
+    let done: std::collections::HashSet<usize> = results.iter().map(|r| r.index).collect();
+    let todo: Vec<(usize, Vec<u32>)> = val_set
+        .into_iter()
+        .filter(|(i, _)| !done.contains(i))
+        .collect();
+    if !done.is_empty() {
+        eprintln!("resuming: {} of {val} samples already done", done.len());
+    }
+    let bar = progress(todo.len(), "evaluating");
+    let started = Instant::now();
+    for chunk in todo.chunks(a.batch) {
+        let batch = if a.reference {
+            chunk
+                .iter()
+                .map(|(i, t)| experiment.evaluate_reference(*i, t, a.seed))
+                .collect::<qwen_scope::Result<Vec<_>>>()?
+        } else {
+            experiment.evaluate(&run_sources(model, chunk, a.seed)?)?
+        };
+        journal.append(&batch)?;
+        results.extend(batch);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let cells_per_sample = results.first().map_or(0, |r| summary::cells(r).len());
+    eprintln!(
+        "evaluated {} samples ({} cells) in {secs:.1}s: {:.1} cells/s",
+        todo.len(),
+        todo.len() * cells_per_sample,
+        (todo.len() * cells_per_sample) as f64 / secs.max(1e-9)
+    );
+    results.sort_by_key(|r| r.index);
+    write_reports(model, &a.out, &run, &results, a.grid)
+}
+
+/// Creates the results folder; refuses to mix runs: a different run there needs a new
+/// --out, and an existing one needs --resume (or is started over when it has no journal).
+fn prepare_out(out: &Path, run: &serde_json::Value, resume: bool) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create results folder {}", out.display()))?;
+    let run_file = out.join("run.json");
+    if resume {
+        let old = std::fs::read_to_string(&run_file)
+            .with_context(|| format!("--resume: no earlier run in {}", out.display()))?;
+        let old: serde_json::Value =
+            serde_json::from_str(&old).context("--resume: corrupt run.json")?;
+        if &old != run {
+            bail!(
+                "--resume: {} holds a run with other settings:\n  earlier: {old}\n  now:     {run}",
+                out.display()
+            );
+        }
+        return Ok(());
+    }
+    if out.join("samples.jsonl").exists() && run_file.exists() {
+        bail!(
+            "{} already holds a run: pass --resume to continue it, or choose another --out",
+            out.display()
+        );
+    }
+    write_atomic(&run_file, &serde_json::to_vec_pretty(run)?)
+        .with_context(|| format!("results folder {} is not writable", out.display()))?;
+    Ok(())
+}
+
+/// Fits the tuned lens on the training prompts, or reloads the fit of the run being resumed.
+fn tuned_lens(
+    model: &Model,
+    train: &[(usize, Vec<u32>)],
+    a: &SweepArgs,
+    path: &Path,
+) -> Result<Vec<Affine>> {
+    if a.resume && path.exists() {
+        return Ok(load_affines(path)?);
+    }
+    let bar = progress(train.len(), "tuned lens: source passes");
+    let mut sources = Vec::with_capacity(train.len());
+    for chunk in train.chunks(a.batch) {
+        sources.extend(run_sources(model, chunk, a.seed)?);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let t = Instant::now();
+    let maps = fit_tuned_lens(&sources, model.num_layers())?;
+    eprintln!(
+        "tuned lens: fitted {} affine maps on {} rows in {:.1}s",
+        maps.len(),
+        sources.len(),
+        t.elapsed().as_secs_f64()
+    );
+    save_affines(path, &maps)?;
+    Ok(maps)
+}
+
+fn write_reports(
+    model: &Model,
+    out: &Path,
+    run: &serde_json::Value,
+    results: &[SampleResult],
+    grid: bool,
+) -> Result<()> {
+    let decode = |t: u32| model.tokenizer.decode(&[t]).unwrap_or_default();
+    let sum = summary::summarize(results);
+    summary::write_samples_csv(&out.join("samples.csv"), results, &decode)?;
+    summary::write_summary_csv(&out.join("summary.csv"), &sum)?;
+    summary::write_summary_json(&out.join("summary.json"), run, &sum)?;
+    let title = format!(
+        "next-token decoding: {}",
+        run["model"].as_str().unwrap_or("")
+    );
+    plot::layer_curves(&out.join("next_token.png"), &title, &sum)?;
+    if grid {
+        plot::grid_heatmap(
+            &out.join("grid_precision.png"),
+            "token identity precision@1",
+            &sum,
+        )?;
+    }
+    print_table(&sum);
+    eprintln!("results in {}", out.display());
+    Ok(())
+}
+
+fn print_table(sum: &[summary::LayerSummary]) {
+    println!("layer  token-identity p@1  surprisal | logit-lens p@1  surprisal | tuned-lens p@1  surprisal");
+    let find = |m: &str, l: usize, same: bool| {
+        sum.iter()
+            .find(|s| s.method == m && s.source_layer == l && (!same || s.target_layer == l))
+    };
+    let layers = sum.iter().map(|s| s.source_layer + 1).max().unwrap_or(0);
+    for l in 0..layers {
+        let mut line = format!("{l:>5}");
+        for (m, same) in [
+            ("token_identity", true),
+            ("logit_lens", false),
+            ("tuned_lens", false),
+        ] {
+            if let Some(s) = find(m, l, same) {
+                line += &format!("  {:>16.3}  {:>9.3} |", s.precision_at_1, s.surprisal);
+            }
+        }
+        println!("{}", line.trim_end_matches(" |"));
+    }
+}
+
+fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, ETA {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// A stable fingerprint of the prompts, so --resume refuses a changed prompt file.
+fn digest(prompts: &[String]) -> String {
+    // FNV-1a 64: stable across platforms and releases, unlike std's hasher
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in prompts {
+        for b in p.bytes().chain(std::iter::once(b'\n')) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}

@@ -1,0 +1,160 @@
+//! PNG plots like the paper's figure: precision@1 and surprisal per layer for each method,
+//! and a heatmap for (source layer, target layer) grids. Text is drawn with DejaVu Sans,
+//! embedded, so plots render the same on any machine.
+
+use super::summary::{LayerSummary, METHODS};
+use crate::error::{Error, Result};
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::Once;
+
+const LABELS: [&str; 3] = [
+    "token identity (patchscope)",
+    "logit lens",
+    "tuned lens (affine)",
+];
+const COLORS: [RGBColor; 3] = [
+    RGBColor(214, 39, 40),
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+];
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+            .map_err(|_| ())
+            .expect("embedded DejaVu Sans is a valid font");
+    });
+}
+
+fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::input(format!("cannot draw {}: {e}", path.display()))
+}
+
+/// Same-layer curves: one panel for precision@1, one for surprisal.
+pub fn layer_curves(path: &Path, title: &str, summary: &[LayerSummary]) -> Result<()> {
+    register_font();
+    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let root = root
+        .titled(title, ("sans-serif", 26))
+        .map_err(|e| plot_err(path, e))?;
+    let panels = root.split_evenly((1, 2));
+    let num_layers = summary
+        .iter()
+        .map(|s| s.source_layer + 1)
+        .max()
+        .unwrap_or(1);
+    let curve = |m: &str, f: fn(&LayerSummary) -> f64| -> Vec<(f64, f64)> {
+        summary
+            .iter()
+            .filter(|s| s.method == m && (m != METHODS[0] || s.source_layer == s.target_layer))
+            .map(|s| (s.source_layer as f64, f(s)))
+            .collect()
+    };
+    let metrics: [(&str, fn(&LayerSummary) -> f64); 2] = [
+        ("precision@1", |s| s.precision_at_1),
+        ("surprisal (nats)", |s| s.surprisal),
+    ];
+    for (panel, (name, f)) in panels.iter().zip(metrics) {
+        let y_max = METHODS
+            .iter()
+            .flat_map(|m| curve(m, f))
+            .map(|p| p.1)
+            .fold(1.0f64, f64::max);
+        let y_max = if name.starts_with("precision") {
+            1.0
+        } else {
+            y_max * 1.05
+        };
+        let mut chart = ChartBuilder::on(panel)
+            .margin(20)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..(num_layers - 1).max(1) as f64, 0f64..y_max)
+            .map_err(|e| plot_err(path, e))?;
+        chart
+            .configure_mesh()
+            .x_desc("layer")
+            .y_desc(name)
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+        for ((m, label), color) in METHODS.iter().zip(LABELS).zip(COLORS) {
+            let points = curve(m, f);
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
+                .map_err(|e| plot_err(path, e))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+                });
+            chart
+                .draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 4, color.filled())),
+                )
+                .map_err(|e| plot_err(path, e))?;
+        }
+        chart
+            .configure_series_labels()
+            .label_font(("sans-serif", 16))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+    }
+    root.present().map_err(|e| plot_err(path, e))
+}
+
+/// Heatmap of token-identity precision@1 over (source layer, target layer).
+pub fn grid_heatmap(path: &Path, title: &str, summary: &[LayerSummary]) -> Result<()> {
+    register_font();
+    let cells: Vec<&LayerSummary> = summary.iter().filter(|s| s.method == METHODS[0]).collect();
+    let n = cells
+        .iter()
+        .map(|s| s.source_layer.max(s.target_layer) + 1)
+        .max()
+        .unwrap_or(1);
+    let root = BitMapBackend::new(path, (760, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0..n, 0..n)
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc("target layer")
+        .y_desc("source layer")
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 17))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .draw_series(cells.iter().map(|s| {
+            let v = s.precision_at_1.clamp(0.0, 1.0);
+            // white (0) to dark red (1)
+            let c = RGBColor(
+                255 - (v * 120.0) as u8,
+                255 - (v * 235.0) as u8,
+                255 - (v * 225.0) as u8,
+            );
+            Rectangle::new(
+                [
+                    (s.target_layer, s.source_layer),
+                    (s.target_layer + 1, s.source_layer + 1),
+                ],
+                c.filled(),
+            )
+        }))
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))
+}
