@@ -4,7 +4,9 @@
 
 mod common;
 
-use qwen_scope::patchscope::next_token::{fit_tuned_lens, run_sources, NextToken, SampleResult};
+use qwen_scope::patchscope::next_token::{
+    fit_tuned_lens, lens_rows, run_sources, NextToken, SampleResult,
+};
 use qwen_scope::patchscope::TOKEN_IDENTITY_PROMPT;
 use qwen_scope::Model;
 
@@ -64,11 +66,8 @@ fn fast_path_equals_reference_path() {
             .map(|(i, p)| (i, model.tokenizer.encode(p).unwrap()))
             .collect();
         let (train, val) = encoded.split_at(4);
-        let tuned = fit_tuned_lens(
-            &run_sources(&model, train, seed).unwrap(),
-            model.num_layers(),
-        )
-        .unwrap();
+        // every position of the training prompts: a determined fit
+        let tuned = fit_tuned_lens(&lens_rows(&model, train, seed, true).unwrap()).unwrap();
         let nt = NextToken::new(&model, TOKEN_IDENTITY_PROMPT, tuned, grid).unwrap();
         let fast = nt
             .evaluate(&run_sources(&model, val, seed).unwrap())

@@ -5,7 +5,9 @@ use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use qwen_scope::data::{load_prompts, parse_lines, DEFAULT_PROMPTS};
 use qwen_scope::patchscope::mapping::{load_affines, save_affines, Affine};
-use qwen_scope::patchscope::next_token::{fit_tuned_lens, run_sources, NextToken, SampleResult};
+use qwen_scope::patchscope::next_token::{
+    fit_tuned_lens, lens_rows, run_sources, LensRows, NextToken, SampleResult,
+};
 use qwen_scope::report::{journal::Journal, plot, summary, write_atomic};
 use qwen_scope::Model;
 use std::path::{Path, PathBuf};
@@ -41,9 +43,20 @@ pub struct SweepArgs {
     /// Source prompts per batch (one journal flush per batch).
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Tuned-lens training rows: `one` seeded position per training prompt (the official
+    /// code, which has 10k texts), or `all` positions (enough rows for a determined fit
+    /// from a few hundred prompts).
+    #[arg(long, value_enum, default_value_t = LensPositions::All)]
+    pub lens_positions: LensPositions,
     /// Use the reference path (one whole target forward per cell) instead of the fast one.
     #[arg(long)]
     pub reference: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LensPositions {
+    One,
+    All,
 }
 
 pub fn sweep(model: &Model, model_name: &str, a: &SweepArgs) -> Result<()> {
@@ -76,6 +89,7 @@ pub fn sweep(model: &Model, model_name: &str, a: &SweepArgs) -> Result<()> {
         "seed": a.seed,
         "grid": a.grid,
         "target_prompt": a.target_prompt,
+        "lens_positions": if a.lens_positions == LensPositions::All { "all" } else { "one" },
         "path": if a.reference { "reference" } else { "fast" },
     });
     prepare_out(&a.out, &run, a.resume)?;
@@ -172,19 +186,27 @@ fn tuned_lens(
     if a.resume && path.exists() {
         return Ok(load_affines(path)?);
     }
-    let bar = progress(train.len(), "tuned lens: source passes");
-    let mut sources = Vec::with_capacity(train.len());
+    let bar = progress(train.len(), "tuned lens: training passes");
+    let every_position = a.lens_positions == LensPositions::All;
+    let mut rows = LensRows::new(model.num_layers());
     for chunk in train.chunks(a.batch) {
-        sources.extend(run_sources(model, chunk, a.seed)?);
+        rows.extend(lens_rows(model, chunk, a.seed, every_position)?);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    let n = rows.targets.len();
+    let unknowns = model.config.hidden_size + 1;
+    if n < unknowns {
+        eprintln!(
+            "warning: the tuned lens is under-determined ({n} training rows for {unknowns} unknowns per output): \
+             its fit interpolates the training rows; use more --train prompts or --lens-positions all"
+        );
+    }
     let t = Instant::now();
-    let maps = fit_tuned_lens(&sources, model.num_layers())?;
+    let maps = fit_tuned_lens(&rows)?;
     eprintln!(
-        "tuned lens: fitted {} affine maps on {} rows in {:.1}s",
+        "tuned lens: fitted {} affine maps on {n} rows in {:.1}s",
         maps.len(),
-        sources.len(),
         t.elapsed().as_secs_f64()
     );
     save_affines(path, &maps)?;

@@ -9,7 +9,7 @@
 //! reference path does what hook-based code does: a whole target forward per cell.
 
 use super::mapping::Affine;
-use super::{source_position, target_site};
+use super::{source_position, source_site, target_site};
 use crate::backend::cpu::logits::{argmax, log_softmax};
 use crate::error::{Error, Result};
 use crate::forward::{HiddenRow, Input, LogitsAt, Request};
@@ -122,15 +122,82 @@ pub fn run_sources(model: &Model, prompts: &[(usize, Vec<u32>)], seed: u64) -> R
         .collect())
 }
 
+/// Training rows of the tuned lens: the layer-l representations ([layer][row]) and the
+/// last layer's final-normed state (the fit's target) at the same positions.
+pub struct LensRows {
+    pub reps: Vec<Vec<Vec<f32>>>,
+    pub targets: Vec<Vec<f32>>,
+}
+
+impl LensRows {
+    pub fn new(num_layers: usize) -> Self {
+        LensRows {
+            reps: vec![Vec::new(); num_layers],
+            targets: Vec::new(),
+        }
+    }
+
+    pub fn extend(&mut self, other: LensRows) {
+        for (all, new) in self.reps.iter_mut().zip(other.reps) {
+            all.extend(new);
+        }
+        self.targets.extend(other.targets);
+    }
+}
+
+/// Collects tuned-lens training rows from prompts: at each prompt's seeded position (as
+/// the official code does, one row per text), or at every position.
+pub fn lens_rows(
+    model: &Model,
+    prompts: &[(usize, Vec<u32>)],
+    seed: u64,
+    every_position: bool,
+) -> Result<LensRows> {
+    let num_layers = model.num_layers();
+    let mut rows = Vec::with_capacity(prompts.len());
+    let mut positions = Vec::with_capacity(prompts.len());
+    for (index, tokens) in prompts {
+        if tokens.is_empty() {
+            return Err(Error::input(format!("prompt {index} is empty")));
+        }
+        let pos = source_position(seed, *index, tokens.len());
+        if every_position {
+            rows.push(tokens.clone());
+            positions.push(Positions::All);
+        } else {
+            rows.push(tokens[..=pos].to_vec());
+            positions.push(Positions::Last);
+        }
+    }
+    // the last layer's representation is the final-normed state, which is also the target
+    let mut req = Request::tokens(rows.clone()).logits(LogitsAt::None);
+    for (r, p) in positions.iter().enumerate() {
+        for l in 0..num_layers {
+            req = req.read(source_site(l, num_layers), r, p.clone());
+        }
+    }
+    let mut caches: Vec<KvCache> = rows.iter().map(|_| model.new_cache()).collect();
+    let out = model.forward(&mut caches, &req)?;
+    // states come site by site, each site in the same row and position order
+    let mut lens = LensRows::new(num_layers);
+    for state in out.states {
+        match state.site {
+            Site::BlockOut(l) => lens.reps[l].push(state.values),
+            _ => {
+                lens.targets.push(state.values.clone());
+                lens.reps[num_layers - 1].push(state.values);
+            }
+        }
+    }
+    Ok(lens)
+}
+
 /// Fits the tuned lens: for every layer, the affine map from the layer-l representation to
-/// the last layer's (final-normed) representation over the training sources.
-pub fn fit_tuned_lens(sources: &[Source], num_layers: usize) -> Result<Vec<Affine>> {
-    let ys: Vec<Vec<f32>> = sources.iter().map(|s| s.final_norm.clone()).collect();
-    (0..num_layers)
-        .map(|l| {
-            let xs: Vec<Vec<f32>> = sources.iter().map(|s| s.rep(l).to_vec()).collect();
-            Affine::fit(&xs, &ys)
-        })
+/// the last layer's (final-normed) representation.
+pub fn fit_tuned_lens(rows: &LensRows) -> Result<Vec<Affine>> {
+    rows.reps
+        .iter()
+        .map(|xs| Affine::fit(xs, &rows.targets))
         .collect()
 }
 

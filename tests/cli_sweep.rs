@@ -1,0 +1,179 @@
+//! `qwen-scope sweep` end to end on a fixture model: the results folder, resumption after
+//! an interruption, and bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_qwen-scope"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr,
+    )
+}
+
+fn tiny() -> String {
+    common::fixture("tiny-qwen2").to_str().unwrap().to_string()
+}
+
+fn prompts_file(dir: &Path) -> String {
+    let p = dir.join("prompts.txt");
+    let lines: Vec<&str> = qwen_scope::data::DEFAULT_PROMPTS.lines().take(20).collect();
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn sweep(out: &Path, prompts: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "sweep",
+        "--model",
+        &tiny(),
+        "--prompts",
+        prompts,
+        "--train",
+        "8",
+        "--val",
+        "12",
+        "--batch",
+        "4",
+        "--seed",
+        "5",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(&refs)
+}
+
+#[test]
+fn sweep_writes_tables_plots_and_resumes_to_the_same_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = prompts_file(dir.path());
+    let full = dir.path().join("full");
+    let (code, stdout, err) = sweep(&full, &prompts, &["--grid"]);
+    assert_eq!(code, 0, "{err}");
+    for f in [
+        "run.json",
+        "samples.jsonl",
+        "samples.csv",
+        "summary.csv",
+        "summary.json",
+        "next_token.png",
+        "grid_precision.png",
+        "tuned_lens.safetensors",
+    ] {
+        assert!(full.join(f).is_file(), "{f} missing");
+    }
+    assert!(stdout.contains("token-identity"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(full.join("summary.json")).unwrap()).unwrap();
+    let rows = summary["summary"].as_array().unwrap();
+    // 4 layers: 16 grid cells + 4 logit lens + 4 tuned lens
+    assert_eq!(rows.len(), 24);
+    let last = rows
+        .iter()
+        .find(|r| {
+            r["method"] == "token_identity" && r["source_layer"] == 3 && r["target_layer"] == 3
+        })
+        .unwrap();
+    assert_eq!(last["precision_at_1"], 1.0, "final-layer rule");
+    assert_eq!(
+        std::fs::read_to_string(full.join("samples.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        12
+    );
+
+    // interrupted run: keep the first batch of the journal plus a torn line, then resume
+    let cut = dir.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    for f in ["run.json", "tuned_lens.safetensors"] {
+        std::fs::copy(full.join(f), cut.join(f)).unwrap();
+    }
+    let journal = std::fs::read_to_string(full.join("samples.jsonl")).unwrap();
+    let mut kept: String = journal.lines().take(4).map(|l| format!("{l}\n")).collect();
+    kept.push_str(&journal.lines().nth(4).unwrap()[..20]);
+    std::fs::write(cut.join("samples.jsonl"), kept).unwrap();
+    let (code, _, err) = sweep(&cut, &prompts, &["--grid", "--resume"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("resuming: 4 of 12 samples already done"),
+        "{err}"
+    );
+    for f in ["samples.csv", "summary.csv", "summary.json"] {
+        assert_eq!(
+            std::fs::read(full.join(f)).unwrap(),
+            std::fs::read(cut.join(f)).unwrap(),
+            "{f} differs after resume"
+        );
+    }
+}
+
+#[test]
+fn sweep_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = prompts_file(dir.path());
+    let out = dir.path().join("r");
+
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    let (code, _, err) = sweep(&out, empty.to_str().unwrap(), &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no prompts"), "{err}");
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"text\": 3}\n").unwrap();
+    let (code, _, err) = sweep(&out, bad.to_str().unwrap(), &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("line 2: no string field \"text\""), "{err}");
+
+    let (code, _, err) = run(&[
+        "sweep",
+        "--model",
+        &tiny(),
+        "--prompts",
+        &prompts,
+        "--train",
+        "15",
+        "--val",
+        "10",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("needs 25 prompts, the prompt set has 20"),
+        "{err}"
+    );
+
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let (code, _, err) = sweep(&blocker.join("sub"), &prompts, &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot create results folder"), "{err}");
+
+    let (code, _, err) = sweep(&out, &prompts, &["--resume"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no earlier run"), "{err}");
+    let (code, _, err) = sweep(&out, &prompts, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = sweep(&out, &prompts, &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already holds a run"), "{err}");
+    let (code, _, err) = sweep(&out, &prompts, &["--resume", "--grid"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("other settings"), "{err}");
+}
