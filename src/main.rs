@@ -81,6 +81,20 @@ enum Command {
         #[command(flatten)]
         sweep: cli::sweep::SweepArgs,
     },
+    /// Attribute extraction (paper section 4.2): accuracy per (source layer, target layer).
+    Attributes {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        attributes: cli::attributes::AttributesArgs,
+    },
+    /// One patchscope by hand (e.g. an entity description): the text generated per layer.
+    Inspect {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        inspect: cli::inspect::InspectArgs,
+    },
     /// Time a prefill and batched greedy decode steps (median of --repeat runs).
     Bench {
         #[command(flatten)]
@@ -99,8 +113,18 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Forward {
             model,
             prompt,
@@ -113,6 +137,10 @@ fn main() -> Result<()> {
             max_new,
         } => cli::forward::generate(&model.load()?, &prompt, max_new),
         Command::Sweep { model, sweep } => cli::sweep::sweep(&model.load()?, &model.model, &sweep),
+        Command::Attributes { model, attributes } => {
+            cli::attributes::attributes(&model.load()?, &model.model, &attributes)
+        }
+        Command::Inspect { model, inspect } => cli::inspect::inspect(&model.load()?, &inspect),
         Command::Bench {
             model,
             tokens,

@@ -92,3 +92,88 @@ fn fast_path_equals_reference_path() {
         }
     }
 }
+
+/// Our sweep on the protocol of tools/reference_sweep.py (one seeded position per
+/// training prompt for the tuned lens), compared with its committed output.
+fn compare_with_transformers(model: &Model, reference: &str) {
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("sweep").join(reference)).unwrap(),
+    )
+    .unwrap();
+    let (train, val, seed) = (
+        r["train"].as_u64().unwrap() as usize,
+        r["val"].as_u64().unwrap() as usize,
+        r["seed"].as_u64().unwrap(),
+    );
+    let grid = !r["grid"].is_null();
+    let prompts = qwen_scope::data::parse_lines(qwen_scope::data::DEFAULT_PROMPTS);
+    let encoded: Vec<(usize, Vec<u32>)> = prompts[..train + val]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i, model.tokenizer.encode(p).unwrap()))
+        .collect();
+    let (train_set, val_set) = encoded.split_at(train);
+    let tuned = fit_tuned_lens(&lens_rows(model, train_set, seed, false).unwrap()).unwrap();
+    let target = r["target_prompt"].as_str().unwrap();
+    let ours = NextToken::new(model, target, tuned, grid)
+        .unwrap()
+        .evaluate(&run_sources(model, val_set, seed).unwrap())
+        .unwrap();
+    let summary = qwen_scope::report::summary::summarize(&ours);
+    for (j, s) in r["samples"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(ours[j].index as u64, s["index"].as_u64().unwrap());
+        assert_eq!(
+            ours[j].position as u64,
+            s["position"].as_u64().unwrap(),
+            "sample {j}"
+        );
+        assert_eq!(
+            ours[j].source_top1 as u64,
+            s["source_top1"].as_u64().unwrap(),
+            "sample {j}"
+        );
+    }
+    let num_layers = model.num_layers();
+    for method in qwen_scope::report::summary::METHODS {
+        let m = &r["methods"][method];
+        for l in 0..num_layers {
+            let s = summary
+                .iter()
+                .find(|s| {
+                    s.method == method
+                        && s.source_layer == l
+                        && (method != "token_identity" || s.target_layer == l)
+                })
+                .unwrap();
+            let want_p = m["prec1"][l].as_f64().unwrap();
+            let want_s = m["surprisal"][l].as_f64().unwrap();
+            assert_eq!(
+                s.precision_at_1, want_p,
+                "{reference} {method} layer {l} precision@1"
+            );
+            assert!(
+                (s.surprisal - want_s).abs() <= 1e-3,
+                "{reference} {method} layer {l} surprisal {} vs {want_s}",
+                s.surprisal
+            );
+        }
+    }
+    if grid {
+        for s in summary.iter().filter(|s| s.method == "token_identity") {
+            let want = r["grid"]["prec1"][s.source_layer][s.target_layer]
+                .as_f64()
+                .unwrap();
+            assert_eq!(
+                s.precision_at_1, want,
+                "grid ({}, {})",
+                s.source_layer, s.target_layer
+            );
+        }
+    }
+}
+
+#[test]
+fn metrics_equal_the_transformers_reference_on_fixtures() {
+    compare_with_transformers(&load("tiny-qwen2"), "tiny-qwen2.json");
+    compare_with_transformers(&load("tiny-llama"), "tiny-llama.json");
+}

@@ -148,7 +148,7 @@ pub fn sweep(model: &Model, model_name: &str, a: &SweepArgs) -> Result<()> {
 
 /// Creates the results folder; refuses to mix runs: a different run there needs a new
 /// --out, and an existing one needs --resume (or is started over when it has no journal).
-fn prepare_out(out: &Path, run: &serde_json::Value, resume: bool) -> Result<()> {
+pub fn prepare_out(out: &Path, run: &serde_json::Value, resume: bool) -> Result<()> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create results folder {}", out.display()))?;
     let run_file = out.join("run.json");
@@ -231,10 +231,17 @@ fn write_reports(
     );
     plot::layer_curves(&out.join("next_token.png"), &title, &sum)?;
     if grid {
-        plot::grid_heatmap(
+        let cells: Vec<(usize, usize, f64)> = sum
+            .iter()
+            .filter(|s| s.method == summary::METHODS[0])
+            .map(|s| (s.source_layer, s.target_layer, s.precision_at_1))
+            .collect();
+        let title = "token identity precision@1";
+        plot::heatmap(
             &out.join("grid_precision.png"),
-            "token identity precision@1",
-            &sum,
+            title,
+            model.num_layers(),
+            &cells,
         )?;
     }
     print_table(&sum);
@@ -264,7 +271,7 @@ fn print_table(sum: &[summary::LayerSummary]) {
     }
 }
 
-fn progress(len: usize, what: &str) -> ProgressBar {
+pub fn progress(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, ETA {eta})")

@@ -2,14 +2,20 @@
 //! position, layer), on top of the residual-stream API. Layer numbering follows the paper
 //! and the official code: the layer-l representation is HF's `hidden_states[l + 1]`.
 
+pub mod attributes;
 pub mod mapping;
 pub mod next_token;
+pub mod target;
 
-use crate::error::{Error, Result};
 use crate::stream::Site;
 
 /// The paper's token-identity target prompt; the patch goes on its last token ("?").
 pub const TOKEN_IDENTITY_PROMPT: &str = "cat -> cat\n1135 -> 1135\nhello -> hello\n?";
+
+/// The paper's entity-description target prompt, patched at its placeholder "x".
+pub const ENTITY_DESCRIPTION_PROMPT: &str =
+    "Syria: Country in the Middle East, Leonardo DiCaprio: American actor, \
+     Samsung: South Korean multinational major appliance and consumer electronics corporation, x";
 
 /// Where the layer-`layer` source representation is read: the output of block `layer`,
 /// except for the last layer, whose HF representation is the final-normed state.
@@ -43,19 +49,6 @@ pub fn splitmix64(x: u64) -> u64 {
 /// The seeded source position of prompt `index` (uniform over its tokens).
 pub fn source_position(seed: u64, index: usize, num_tokens: usize) -> usize {
     (splitmix64(seed.wrapping_add(index as u64)) % num_tokens as u64) as usize
-}
-
-/// The token position of the placeholder in a target prompt: the last token whose text
-/// is exactly `placeholder` (optionally with a leading space).
-pub fn placeholder_position(tokens: &[String], placeholder: &str) -> Result<usize> {
-    tokens
-        .iter()
-        .rposition(|t| t.trim_start() == placeholder)
-        .ok_or_else(|| {
-            Error::input(format!(
-                "target prompt has no placeholder {placeholder:?} token"
-            ))
-        })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! reference path does what hook-based code does: a whole target forward per cell.
 
 use super::mapping::Affine;
+use super::target::Target;
 use super::{source_position, source_site, target_site};
 use crate::backend::cpu::logits::{argmax, log_softmax};
 use crate::error::{Error, Result};
@@ -17,7 +18,6 @@ use crate::kv::KvCache;
 use crate::model::Model;
 use crate::stream::{Positions, Site, WriteOp};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// A source prompt's states at its chosen position, and the model's own prediction there.
 pub struct Source {
@@ -204,9 +204,8 @@ pub fn fit_tuned_lens(rows: &LensRows) -> Result<Vec<Affine>> {
 /// The next-token experiment over one model and one target prompt.
 pub struct NextToken<'m> {
     model: &'m Model,
-    target_tokens: Vec<u32>,
-    /// The target prompt run once, every block, every position.
-    target_cache: Arc<KvCache>,
+    /// The target prompt run once, patched at its last token.
+    target: Target,
     tuned_lens: Vec<Affine>,
     grid: bool,
 }
@@ -230,13 +229,10 @@ impl<'m> NextToken<'m> {
                 model.num_layers()
             )));
         }
-        let mut cache = model.new_cache();
-        let req = Request::tokens(vec![target_tokens.clone()]).logits(LogitsAt::None);
-        model.forward(std::slice::from_mut(&mut cache), &req)?;
+        let patch_pos = target_tokens.len() - 1;
         Ok(NextToken {
             model,
-            target_tokens,
-            target_cache: Arc::new(cache),
+            target: Target::new(model, target_tokens, patch_pos)?,
             tuned_lens,
             grid,
         })
@@ -272,29 +268,12 @@ impl<'m> NextToken<'m> {
                 }
             }
         }
-        let patch_pos = self.target_tokens.len() - 1;
         for (site, cells) in groups {
-            // blocks up to the patch site keep the target's own state at the patched
-            // position; blocks after it recompute that position from the patch
-            let first_block = site.next_block(num_layers);
-            let lens: Vec<usize> = (0..num_layers)
-                .map(|b| {
-                    if b < first_block {
-                        patch_pos + 1
-                    } else {
-                        patch_pos
-                    }
-                })
-                .collect();
-            let mut caches = cells
-                .iter()
-                .map(|_| self.target_cache.fork(&lens))
-                .collect::<Result<Vec<_>>>()?;
             let states = cells
                 .iter()
                 .map(|&(i, l, _)| sources[i].rep(l).to_vec())
                 .collect();
-            let logits = self.run_hidden(site, patch_pos, states, &mut caches)?;
+            let logits = self.target.last_logits(self.model, site, states)?;
             for (&(i, l, slot), lg) in cells.iter().zip(&logits) {
                 results[i].token_identity[l][slot] = sources[i].score(lg);
             }
@@ -375,12 +354,12 @@ impl<'m> NextToken<'m> {
             Ok(source.score(out.logits_at(0, at).expect("logits were asked")))
         };
         let mut result = self.empty_result(&source);
-        let patch_pos = self.target_tokens.len() - 1;
+        let patch_pos = self.target.patch_pos;
         for l in 0..num_layers {
             for (slot, lt) in self.target_layers(l).into_iter().enumerate() {
                 let site = target_site(l, lt, num_layers);
                 result.token_identity[l][slot] =
-                    patched(&self.target_tokens, site, patch_pos, source.rep(l).to_vec())?;
+                    patched(&self.target.tokens, site, patch_pos, source.rep(l).to_vec())?;
             }
             // the official lens evaluation: patch the source prompt itself at the last layer
             let last = num_layers - 1;

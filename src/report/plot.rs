@@ -77,6 +77,7 @@ pub fn layer_curves(path: &Path, title: &str, summary: &[LayerSummary]) -> Resul
         chart
             .configure_mesh()
             .x_desc("layer")
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .y_desc(name)
             .label_style(("sans-serif", 16))
             .axis_desc_style(("sans-serif", 18))
@@ -111,15 +112,16 @@ pub fn layer_curves(path: &Path, title: &str, summary: &[LayerSummary]) -> Resul
     root.present().map_err(|e| plot_err(path, e))
 }
 
-/// Heatmap of token-identity precision@1 over (source layer, target layer).
-pub fn grid_heatmap(path: &Path, title: &str, summary: &[LayerSummary]) -> Result<()> {
+/// Heatmap over (source layer, target layer) of a value in [0, 1]; cells not given stay
+/// white.
+pub fn heatmap(
+    path: &Path,
+    title: &str,
+    num_layers: usize,
+    cells: &[(usize, usize, f64)],
+) -> Result<()> {
     register_font();
-    let cells: Vec<&LayerSummary> = summary.iter().filter(|s| s.method == METHODS[0]).collect();
-    let n = cells
-        .iter()
-        .map(|s| s.source_layer.max(s.target_layer) + 1)
-        .max()
-        .unwrap_or(1);
+    let n = num_layers.max(1);
     let root = BitMapBackend::new(path, (760, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -139,21 +141,15 @@ pub fn grid_heatmap(path: &Path, title: &str, summary: &[LayerSummary]) -> Resul
         .draw()
         .map_err(|e| plot_err(path, e))?;
     chart
-        .draw_series(cells.iter().map(|s| {
-            let v = s.precision_at_1.clamp(0.0, 1.0);
+        .draw_series(cells.iter().map(|&(source, target, v)| {
+            let v = v.clamp(0.0, 1.0);
             // white (0) to dark red (1)
             let c = RGBColor(
                 255 - (v * 120.0) as u8,
                 255 - (v * 235.0) as u8,
                 255 - (v * 225.0) as u8,
             );
-            Rectangle::new(
-                [
-                    (s.target_layer, s.source_layer),
-                    (s.target_layer + 1, s.source_layer + 1),
-                ],
-                c.filled(),
-            )
+            Rectangle::new([(target, source), (target + 1, source + 1)], c.filled())
         }))
         .map_err(|e| plot_err(path, e))?;
     root.present().map_err(|e| plot_err(path, e))
