@@ -177,3 +177,80 @@ fn sweep_refuses_bad_input() {
     assert_ne!(code, 0);
     assert!(err.contains("other settings"), "{err}");
 }
+
+#[test]
+fn inspect_and_attributes_refuse_bad_input() {
+    let m = tiny();
+    let (code, _, err) = run(&[
+        "inspect",
+        "--model",
+        &m,
+        "--source",
+        "Paris",
+        "--target",
+        "no slot here",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("target prompt has no placeholder \"x\""),
+        "{err}"
+    );
+    let (code, _, err) = run(&[
+        "inspect", "--model", &m, "--source", "Paris", "--layers", "9",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("layer 9 out of range: the model has 4 blocks (0..3)"),
+        "{err}"
+    );
+    let (code, _, err) = run(&[
+        "inspect",
+        "--model",
+        &m,
+        "--source",
+        "Paris",
+        "--position",
+        "40",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("position 40 out of range"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let tsv = dir.path().join("r.tsv");
+    std::fs::write(
+        &tsv,
+        "prompt_target\tobject\tsubject\nThe capital of x\tParis\tFrance\n",
+    )
+    .unwrap();
+    let out = dir.path().join("o");
+    let (code, _, err) = run(&[
+        "attributes",
+        "--model",
+        &m,
+        "--relations",
+        tsv.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("TSV has no column \"prompt_source\""), "{err}");
+    let (code, stdout, err) = run(&[
+        "attributes",
+        "--model",
+        &m,
+        "--relations",
+        "data/relations/capitals.json",
+        "--target",
+        "The capital of x",
+        "--all-rows",
+        "--limit",
+        "2",
+        "--max-new",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("2 of 2 rows"), "{stdout}");
+    assert!(out.join("summary.csv").is_file() && out.join("rows.jsonl").is_file());
+}

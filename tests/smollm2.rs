@@ -1,32 +1,15 @@
 //! Parity on a real trained model: SmolLM2-135M-Instruct converted to a Qwen2 folder by
 //! tools/convert_smollm2.py, against transformers' logits (tests/fixtures/smollm2).
-//! Runs where the folder exists (models/smollm2-135m, or $QWEN_SCOPE_SMOLLM2); under
-//! CI=true a missing folder is a failure, elsewhere a visible skip.
+//! Runs where the folder exists (see `common::smollm2_dir`).
 
 mod common;
 
 use common::{max_abs_diff, Reference};
 use qwen_scope::backend::cpu::logits::{argmax, log_softmax};
 use qwen_scope::{LogitsAt, Model, Request};
-use std::path::PathBuf;
 
 fn smollm2() -> Option<Model> {
-    let dir = std::env::var("QWEN_SCOPE_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m"));
-    if !dir.is_dir() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but {} is missing: .ci/run must convert it",
-            dir.display()
-        );
-        eprintln!(
-            "SKIPPED: {} not found; run tools/convert_smollm2.py --out {}",
-            dir.display(),
-            dir.display()
-        );
-        return None;
-    }
+    let dir = common::smollm2_dir()?;
     Some(Model::load(dir.to_str().unwrap(), None).expect("converted SmolLM2 loads"))
 }
 

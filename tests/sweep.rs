@@ -177,3 +177,12 @@ fn metrics_equal_the_transformers_reference_on_fixtures() {
     compare_with_transformers(&load("tiny-qwen2"), "tiny-qwen2.json");
     compare_with_transformers(&load("tiny-llama"), "tiny-llama.json");
 }
+
+#[test]
+fn metrics_equal_the_transformers_reference_on_smollm2() {
+    let Some(dir) = common::smollm2_dir() else {
+        return;
+    };
+    let model = Model::load(dir.to_str().unwrap(), None).unwrap();
+    compare_with_transformers(&model, "smollm2.json");
+}

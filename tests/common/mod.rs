@@ -96,3 +96,25 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
     let d = max_abs_diff(a, b);
     assert!(d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
 }
+
+/// The converted SmolLM2 folder (models/smollm2-135m, or $QWEN_SCOPE_SMOLLM2) when it
+/// exists. Under CI=true a missing folder fails the test; elsewhere the test is skipped,
+/// visibly.
+pub fn smollm2_dir() -> Option<PathBuf> {
+    let dir = std::env::var("QWEN_SCOPE_SMOLLM2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m"));
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {} is missing: .ci/run must make it (tools/get_smollm2.sh)",
+        dir.display()
+    );
+    eprintln!(
+        "SKIPPED: {} not found; run tools/get_smollm2.sh",
+        dir.display()
+    );
+    None
+}
