@@ -132,14 +132,19 @@ struct Plan {
 }
 
 impl Plan {
-    fn index(&self, row: usize, pos: usize) -> Result<usize> {
+    /// Row `row`'s first token index, token count and first position.
+    fn span(&self, row: usize) -> Result<(usize, usize, usize)> {
         let &(first, n) = self.rows.get(row).ok_or_else(|| {
             Error::input(format!(
                 "row {row} out of range: the batch has {} rows",
                 self.rows.len()
             ))
         })?;
-        let p0 = self.tokens[first].pos;
+        Ok((first, n, self.tokens[first].pos))
+    }
+
+    fn index(&self, row: usize, pos: usize) -> Result<usize> {
+        let (first, n, p0) = self.span(row)?;
         if pos < p0 || pos >= p0 + n {
             return Err(Error::input(format!(
                 "position {pos} of row {row} is not computed in this pass (positions {p0}..{})",
@@ -150,13 +155,7 @@ impl Plan {
     }
 
     fn positions(&self, row: usize, sel: &Positions) -> Result<Vec<usize>> {
-        let &(first, n) = self.rows.get(row).ok_or_else(|| {
-            Error::input(format!(
-                "row {row} out of range: the batch has {} rows",
-                self.rows.len()
-            ))
-        })?;
-        let p0 = self.tokens[first].pos;
+        let (_, n, p0) = self.span(row)?;
         let all = match sel {
             Positions::All => (p0..p0 + n).collect(),
             Positions::Last => vec![p0 + n - 1],

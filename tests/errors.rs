@@ -4,7 +4,6 @@ mod common;
 
 use qwen_scope::{LogitsAt, Model, Positions, Request, Site, WriteOp};
 use std::path::Path;
-use std::process::Command;
 
 /// A copy of a fixture model folder that a test may damage.
 fn copy_fixture(name: &str) -> tempfile::TempDir {
@@ -171,13 +170,8 @@ fn empty_and_too_long_prompts() {
 }
 
 fn cli(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qwen-scope"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (out.status.code().unwrap_or(-1), stderr)
+    let (code, _, stderr) = common::cli(args);
+    (code, stderr)
 }
 
 #[test]

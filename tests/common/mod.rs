@@ -118,3 +118,18 @@ pub fn smollm2_dir() -> Option<PathBuf> {
     );
     None
 }
+
+/// Runs the qwen-scope binary; returns (exit code, stdout, stderr) and fails on a panic.
+pub fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwen-scope"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr,
+    )
+}
