@@ -27,6 +27,8 @@ pub enum Error {
     Hub(String),
     #[error("{0}")]
     Input(String),
+    #[error("CUDA: {0}")]
+    Cuda(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -2,3 +2,4 @@
 //! tested against; each op family lives in its own file.
 
 pub mod cpu;
+pub mod cuda;
