@@ -96,13 +96,16 @@ fn offline() -> bool {
         .unwrap_or(false)
 }
 
+/// Fetches one file of a repo (from the cache, or the Hub).
+type Getter<'a> = Box<dyn Fn(&str) -> Result<PathBuf> + 'a>;
+
 fn from_hub(repo_id: &str, revision: Option<&str>) -> Result<ModelFiles> {
     let repo = Repo::with_revision(
         repo_id.to_string(),
         RepoType::Model,
         revision.unwrap_or("main").to_string(),
     );
-    let get: Box<dyn Fn(&str) -> Result<PathBuf>> = if offline() {
+    let get: Getter<'_> = if offline() {
         let cached = Cache::from_env().repo(repo);
         Box::new(move |name: &str| {
             cached.get(name).ok_or_else(|| {

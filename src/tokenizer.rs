@@ -4,6 +4,9 @@
 use crate::error::{Error, Result};
 use std::path::Path;
 
+/// Byte span of each token in the encoded text.
+pub type Offsets = Vec<(usize, usize)>;
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
 }
@@ -24,7 +27,7 @@ impl Tokenizer {
     }
 
     /// Token ids and the byte span each token covers in `text`.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
         let enc = self
             .inner
             .encode(text, false)

@@ -7,7 +7,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub struct WeightFiles {
     files: Vec<(PathBuf, Mmap)>,
@@ -80,9 +80,9 @@ impl WeightFiles {
     }
 }
 
-fn parse<'a>(path: &PathBuf, mmap: &'a Mmap) -> Result<SafeTensors<'a>> {
+fn parse<'a>(path: &Path, mmap: &'a Mmap) -> Result<SafeTensors<'a>> {
     SafeTensors::deserialize(mmap).map_err(|e| Error::Safetensors {
-        path: path.clone(),
+        path: path.to_path_buf(),
         msg: e.to_string(),
     })
 }

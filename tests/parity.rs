@@ -152,8 +152,8 @@ fn prefill_then_incremental_decode_matches() {
                 TOL,
             );
         }
-        for p in prefill..ids.len() {
-            let req = read_everything(Request::tokens(vec![vec![ids[p]]]), 1, &model);
+        for (p, &id) in ids.iter().enumerate().skip(prefill) {
+            let req = read_everything(Request::tokens(vec![vec![id]]), 1, &model);
             let out = model.forward(&mut caches, &req).unwrap();
             assert_close(
                 &format!("{name} decode logits[{p}]"),

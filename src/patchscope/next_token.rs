@@ -54,6 +54,9 @@ impl Source {
     }
 }
 
+/// A token-identity cell of a batch: (sample, source layer, target slot).
+type CellAt = (usize, usize, usize);
+
 /// One decoded prediction and its scores.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
@@ -256,7 +259,7 @@ impl<'m> NextToken<'m> {
         let mut results: Vec<SampleResult> = sources.iter().map(|s| self.empty_result(s)).collect();
 
         // token identity: group the cells by the site they patch
-        let mut groups: Vec<(Site, Vec<(usize, usize, usize)>)> = Vec::new();
+        let mut groups: Vec<(Site, Vec<CellAt>)> = Vec::new();
         for (i, _) in sources.iter().enumerate() {
             for l in 0..num_layers {
                 for (slot, lt) in self.target_layers(l).into_iter().enumerate() {

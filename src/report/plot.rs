@@ -8,6 +8,8 @@ use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
 
+type Metric = fn(&LayerSummary) -> f64;
+
 const LABELS: [&str; 3] = [
     "token identity (patchscope)",
     "logit lens",
@@ -53,7 +55,7 @@ pub fn layer_curves(path: &Path, title: &str, summary: &[LayerSummary]) -> Resul
             .map(|s| (s.source_layer as f64, f(s)))
             .collect()
     };
-    let metrics: [(&str, fn(&LayerSummary) -> f64); 2] = [
+    let metrics: [(&str, Metric); 2] = [
         ("precision@1", |s| s.precision_at_1),
         ("surprisal (nats)", |s| s.surprisal),
     ];

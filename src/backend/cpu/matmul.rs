@@ -55,6 +55,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// Through a method, so closures capture the whole (Send) wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `y[m, out] = x[m, inp] · W^T + b`; `y` is overwritten.
 pub fn linear(x: &[f32], m: usize, lin: &Linear, y: &mut [f32]) {
     matmul(x, m, lin.inp, &lin.wt, lin.out, y);
@@ -85,10 +92,9 @@ pub fn matmul(x: &[f32], m: usize, k: usize, wt: &[f32], n: usize, y: &mut [f32]
             return;
         }
         let cols = width.min(n - n0);
-        let y_ptr = y_ptr;
         if m == 1 {
             // SAFETY: columns n0..n0+cols of the single output row belong to this part only.
-            let yp = unsafe { std::slice::from_raw_parts_mut(y_ptr.0.add(n0), cols) };
+            let yp = unsafe { std::slice::from_raw_parts_mut(y_ptr.get().add(n0), cols) };
             gemv_part(x, wt, n, n0, yp);
             return;
         }
@@ -100,7 +106,7 @@ pub fn matmul(x: &[f32], m: usize, k: usize, wt: &[f32], n: usize, y: &mut [f32]
                 m,
                 cols,
                 k,
-                y_ptr.0.add(n0),
+                y_ptr.get().add(n0),
                 1,
                 n as isize,
                 false,
