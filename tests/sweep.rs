@@ -186,3 +186,49 @@ fn metrics_equal_the_transformers_reference_on_smollm2() {
     let model = Model::load(dir.to_str().unwrap(), None).unwrap();
     compare_with_transformers(&model, "smollm2.json");
 }
+
+/// Patched generation from the shared target (fork + resume after block l*) equals a whole
+/// target pass with the write, for every (l, l*), the final-layer rule, and a placeholder
+/// that is not the last token.
+#[test]
+fn shared_target_generation_equals_whole_prompt_generation() {
+    use qwen_scope::patchscope::attributes::placeholder_position;
+    use qwen_scope::patchscope::target::Target;
+    use qwen_scope::patchscope::{source_site, target_site};
+    use qwen_scope::{Positions, Request, WriteOp};
+
+    let model = load("tiny-qwen2");
+    let num_layers = model.num_layers();
+    let source = model
+        .tokenizer
+        .encode("The bridge was built in 1887.")
+        .unwrap();
+    let mut req = Request::tokens(vec![source.clone()]).logits(qwen_scope::LogitsAt::None);
+    for l in 0..num_layers {
+        req = req.read(source_site(l, num_layers), 0, Positions::Last);
+    }
+    let out = model.forward(&mut [model.new_cache()], &req).unwrap();
+    let last = source.len() - 1;
+    for prompt in [
+        "The capital city of x",
+        "Here x is the word, said the old man",
+    ] {
+        let tokens = model.tokenizer.encode(prompt).unwrap();
+        let pos = placeholder_position(&model, &tokens).unwrap();
+        let target = Target::new(&model, tokens.clone(), pos).unwrap();
+        for l in 0..num_layers {
+            for lt in 0..num_layers {
+                let v = out
+                    .state(source_site(l, num_layers), 0, last)
+                    .unwrap()
+                    .to_vec();
+                let site = target_site(l, lt, num_layers);
+                let fast = target.generate(&model, site, vec![v.clone()], 6).unwrap();
+                let whole =
+                    Request::tokens(vec![tokens.clone()]).write(site, 0, pos, WriteOp::Replace(v));
+                let slow = model.greedy(&mut [model.new_cache()], whole, 6).unwrap();
+                assert_eq!(fast, slow, "{prompt:?} l={l} l*={lt}");
+            }
+        }
+    }
+}

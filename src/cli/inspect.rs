@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use qwen_scope::patchscope::attributes::{parse_layers, placeholder_position};
+use qwen_scope::patchscope::mapping::{load_affines, Mapping};
 use qwen_scope::patchscope::target::Target;
 use qwen_scope::patchscope::{source_site, target_site, ENTITY_DESCRIPTION_PROMPT};
 use qwen_scope::{LogitsAt, Model, Positions, Request};
@@ -26,6 +27,10 @@ pub struct InspectArgs {
     pub target_layer: Option<usize>,
     #[arg(long, default_value_t = 20)]
     pub max_new: usize,
+    /// Affine maps to apply to the layer-l source state first (a safetensors file with
+    /// `layer.<l>` tensors, e.g. the tuned_lens.safetensors a sweep writes).
+    #[arg(long)]
+    pub mapping: Option<std::path::PathBuf>,
 }
 
 pub fn inspect(model: &Model, a: &InspectArgs) -> Result<()> {
@@ -51,6 +56,17 @@ pub fn inspect(model: &Model, a: &InspectArgs) -> Result<()> {
         );
     }
     let pos = pos as usize;
+    let maps = a.mapping.as_deref().map(load_affines).transpose()?;
+    if let Some(m) = &maps {
+        if m.len() != num_layers || m[0].inp != model.config.hidden_size {
+            bail!(
+                "--mapping holds {} maps of width {}; the model has {num_layers} layers of width {}",
+                m.len(),
+                m[0].inp,
+                model.config.hidden_size
+            );
+        }
+    }
     let mut req = Request::tokens(vec![tokens[..=pos].to_vec()]).logits(LogitsAt::None);
     for &l in &layers {
         req = req.read(source_site(l, num_layers), 0, Positions::Last);
@@ -67,8 +83,11 @@ pub fn inspect(model: &Model, a: &InspectArgs) -> Result<()> {
         let lt = a.target_layer.unwrap_or(l);
         let state = out
             .state(source_site(l, num_layers), 0, pos)
-            .expect("state was read")
-            .to_vec();
+            .expect("state was read");
+        let state = match &maps {
+            Some(m) => Mapping::Affine(m[l].clone()).apply(state),
+            None => Mapping::Identity.apply(state),
+        };
         let generated = target.generate(
             model,
             target_site(l, lt, num_layers),
