@@ -46,8 +46,10 @@ pub fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-/// Column parts narrower than this are not worth a thread of their own.
+/// Column parts narrower than this are not worth a thread of their own (a GEMV part
+/// streams `width` contiguous floats per weight row, so it wants wider parts).
 const MIN_COLS_PER_PART: usize = 64;
+const MIN_COLS_PER_GEMV_PART: usize = 1024;
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -81,9 +83,12 @@ pub fn matmul(x: &[f32], m: usize, k: usize, wt: &[f32], n: usize, y: &mut [f32]
         return;
     }
     let threads = rayon::current_num_threads().max(1);
-    let parts = (threads * if m == 1 { 4 } else { 1 })
-        .min(n.div_ceil(MIN_COLS_PER_PART))
-        .max(1);
+    let parts = if m == 1 {
+        (threads * 4).min(n.div_ceil(MIN_COLS_PER_GEMV_PART))
+    } else {
+        threads.min(n.div_ceil(MIN_COLS_PER_PART))
+    }
+    .max(1);
     let width = n.div_ceil(parts);
     let y_ptr = SendPtr(y.as_mut_ptr());
     (0..parts).into_par_iter().for_each(|p| {
