@@ -62,22 +62,24 @@ fn single_prompt_logits_and_every_state_match() {
                 &read_everything(Request::tokens(vec![ids.clone()]), 1, &model),
             )
             .unwrap();
+        let (mut logits_diff, mut states_diff) = (0f32, 0f32);
         for p in 0..ids.len() {
-            assert_close(
+            logits_diff = logits_diff.max(assert_close(
                 &format!("{name} logits[{p}]"),
                 out.logits_at(0, p).unwrap(),
                 r.get("single.logits").row(p),
                 TOL,
-            );
+            ));
             for s in all_sites(&model) {
-                assert_close(
+                states_diff = states_diff.max(assert_close(
                     &format!("{name} {s}[{p}]"),
                     out.state(s, 0, p).unwrap(),
                     r.get(&ref_name("single", s)).row(p),
                     TOL,
-                );
+                ));
             }
         }
+        eprintln!("{name}: max |diff| vs transformers: logits {logits_diff:.1e}, residual states {states_diff:.1e}");
     }
 }
 

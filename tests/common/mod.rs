@@ -91,10 +91,11 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Asserts |a - b| <= tol elementwise, naming what was compared.
-pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+/// Asserts |a - b| <= tol elementwise, naming what was compared; returns the max |diff|.
+pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) -> f32 {
     let d = max_abs_diff(a, b);
     assert!(d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
+    d
 }
 
 /// The converted SmolLM2 folder (models/smollm2-135m, or $QWEN_SCOPE_SMOLLM2) when it
