@@ -684,7 +684,7 @@ fn state_metrics(
     seq: usize,
     num_layers: usize,
 ) -> (f32, String) {
-    let (mut worst, mut at) = (0.0f32, String::new());
+    let (mut worst, mut at, mut compared) = (0.0f32, String::new(), 0usize);
     for s in &got.states {
         let Some(i) = s.site.hf_hidden_states_index(num_layers) else {
             continue;
@@ -695,9 +695,13 @@ fn state_metrics(
         let d = s.values.len();
         let w = &w[(s.row * seq + s.pos) * d..][..d];
         let r = max_diff(&s.values, w) / max_abs(w).max(f32::MIN_POSITIVE);
+        compared += 1;
         if r > worst {
             (worst, at) = (r, s.site.to_string());
         }
+    }
+    if compared == 0 {
+        return (f32::NAN, "-".into());
     }
     (worst, at)
 }

@@ -15,8 +15,10 @@
 pub mod device;
 pub mod gemm;
 pub mod kernels;
+pub mod model;
 
 pub use device::Device;
+pub use model::{CudaKvCache, CudaModel};
 
 use crate::error::Error;
 use cudarc::driver::DeviceRepr;

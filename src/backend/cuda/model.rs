@@ -1,0 +1,1063 @@
+//! The whole Qwen2/Llama forward pass on one GPU, with the semantics and the request API of
+//! the CPU pass (`Model::forward` in src/forward.rs): packed rows of unequal lengths, each
+//! continuing its own KV cache; input tokens or states at any site; residual-stream reads
+//! and writes where the pass reaches their site (writes first); logits where asked.
+//!
+//! Numerics: weights (GEMM matrices, the embedding table and the LM head) are held in the
+//! chosen [`DType`]; norm weights and biases in f32. The residual stream, every GEMM
+//! accumulation, softmax and all elementwise math are f32. Activations are rounded to the
+//! weight dtype just before each GEMM (RMSNorm and SwiGLU write that dtype directly; the
+//! attention output and the rows fed to the LM head are cast); in f32 mode nothing is
+//! rounded. KV caches hold keys and values in the weight dtype (f32 in f32 mode).
+//!
+//! The host validation (rows, positions, sites, write sizes, token ids, cache lengths) is
+//! a copy of the CPU pass's, with the same error messages. One difference: a bad
+//! `LogitsAt::At` pair is reported before any block runs, so the caches are left untouched
+//! (the CPU pass finds it after the blocks have appended to them).
+
+use super::device::Device;
+use super::gemm;
+use super::kernels::{self as k, AttnBatch, KvTable, RowLayout, RowWrite, Splits, HEAD_DIM_MAX};
+use super::{cuda_err, CudaFloat, DType};
+use crate::backend::cpu::attention::{AttnShape, TokenAt};
+use crate::backend::cpu::matmul::{transpose, Linear};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::forward::{Input, Logits, LogitsAt, Output, Request};
+use crate::model::Model;
+use crate::stream::{Positions, Site, State, WriteOp};
+use cudarc::driver::{CudaSlice, ValidAsZeroBits};
+use half::{bf16, f16};
+use std::sync::Arc;
+
+/// Rows per gather launch (the gather kernel's grid.y limit).
+const GATHER_ROWS: usize = 65535;
+/// Rows of the LM head product per chunk, to bound the scratch for `LogitsAt::All`.
+const LOGIT_CHUNK: usize = 1024;
+
+// ---- typed storage ---------------------------------------------------------------------
+
+/// A device buffer in one of the cache/weight dtypes.
+enum Buf {
+    F32(CudaSlice<f32>),
+    F16(CudaSlice<f16>),
+    BF16(CudaSlice<bf16>),
+}
+
+/// The element types a [`CudaModel`] can hold its weights and caches in.
+trait Elem: CudaFloat + ValidAsZeroBits {
+    fn from_f32(v: &[f32]) -> Vec<Self>;
+    fn to_f32(v: Vec<Self>) -> Vec<f32>;
+    fn get(b: &Buf) -> Option<&CudaSlice<Self>>;
+    fn wrap(s: CudaSlice<Self>) -> Buf;
+    fn weights(w: &WeightSet) -> Option<&Weights<Self>>;
+    /// `x` as a GEMM input of this type: `x` itself in f32, else cast into `tmp`.
+    fn gemm_input<'a>(
+        dev: &Device,
+        x: &'a CudaSlice<f32>,
+        tmp: &'a mut Option<CudaSlice<Self>>,
+    ) -> Result<&'a CudaSlice<Self>>;
+}
+
+fn cast_into<'a, T: Elem>(
+    dev: &Device,
+    x: &CudaSlice<f32>,
+    tmp: &'a mut Option<CudaSlice<T>>,
+) -> Result<&'a CudaSlice<T>> {
+    if tmp.as_ref().map(|t| t.len()) != Some(x.len()) {
+        // SAFETY: written in full by the cast below before anything reads it.
+        *tmp = Some(unsafe { dev.alloc::<T>(x.len())? });
+    }
+    let t = tmp.as_mut().expect("allocated above");
+    k::cast(dev, x, t)?;
+    Ok(t)
+}
+
+impl Elem for f32 {
+    fn from_f32(v: &[f32]) -> Vec<Self> {
+        v.to_vec()
+    }
+    fn to_f32(v: Vec<Self>) -> Vec<f32> {
+        v
+    }
+    fn get(b: &Buf) -> Option<&CudaSlice<Self>> {
+        match b {
+            Buf::F32(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn wrap(s: CudaSlice<Self>) -> Buf {
+        Buf::F32(s)
+    }
+    fn weights(w: &WeightSet) -> Option<&Weights<Self>> {
+        match w {
+            WeightSet::F32(w) => Some(w),
+            _ => None,
+        }
+    }
+    fn gemm_input<'a>(
+        _dev: &Device,
+        x: &'a CudaSlice<f32>,
+        _tmp: &'a mut Option<CudaSlice<Self>>,
+    ) -> Result<&'a CudaSlice<Self>> {
+        Ok(x)
+    }
+}
+
+impl Elem for f16 {
+    fn from_f32(v: &[f32]) -> Vec<Self> {
+        v.iter().map(|&x| f16::from_f32(x)).collect()
+    }
+    fn to_f32(v: Vec<Self>) -> Vec<f32> {
+        v.into_iter().map(f16::to_f32).collect()
+    }
+    fn get(b: &Buf) -> Option<&CudaSlice<Self>> {
+        match b {
+            Buf::F16(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn wrap(s: CudaSlice<Self>) -> Buf {
+        Buf::F16(s)
+    }
+    fn weights(w: &WeightSet) -> Option<&Weights<Self>> {
+        match w {
+            WeightSet::F16(w) => Some(w),
+            _ => None,
+        }
+    }
+    fn gemm_input<'a>(
+        dev: &Device,
+        x: &'a CudaSlice<f32>,
+        tmp: &'a mut Option<CudaSlice<Self>>,
+    ) -> Result<&'a CudaSlice<Self>> {
+        cast_into(dev, x, tmp)
+    }
+}
+
+impl Elem for bf16 {
+    fn from_f32(v: &[f32]) -> Vec<Self> {
+        v.iter().map(|&x| bf16::from_f32(x)).collect()
+    }
+    fn to_f32(v: Vec<Self>) -> Vec<f32> {
+        v.into_iter().map(bf16::to_f32).collect()
+    }
+    fn get(b: &Buf) -> Option<&CudaSlice<Self>> {
+        match b {
+            Buf::BF16(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn wrap(s: CudaSlice<Self>) -> Buf {
+        Buf::BF16(s)
+    }
+    fn weights(w: &WeightSet) -> Option<&Weights<Self>> {
+        match w {
+            WeightSet::BF16(w) => Some(w),
+            _ => None,
+        }
+    }
+    fn gemm_input<'a>(
+        dev: &Device,
+        x: &'a CudaSlice<f32>,
+        tmp: &'a mut Option<CudaSlice<Self>>,
+    ) -> Result<&'a CudaSlice<Self>> {
+        cast_into(dev, x, tmp)
+    }
+}
+
+// ---- weights ---------------------------------------------------------------------------
+
+/// One decoder block. Matrices are W as in the safetensors files, [out, in] row-major
+/// (what `gemm::matmul_bt` takes), fused like the CPU model: qkv rows q, k, v; gate_up rows
+/// gate, up.
+struct BlockW<T: Elem> {
+    input_norm: CudaSlice<f32>,
+    qkv: CudaSlice<T>,
+    qkv_bias: Option<CudaSlice<f32>>,
+    o_proj: CudaSlice<T>,
+    post_norm: CudaSlice<f32>,
+    gate_up: CudaSlice<T>,
+    down: CudaSlice<T>,
+}
+
+struct Weights<T: Elem> {
+    /// [vocab, hidden]
+    embed: CudaSlice<T>,
+    blocks: Vec<BlockW<T>>,
+    final_norm: CudaSlice<f32>,
+    /// [vocab, hidden]; None when tied to `embed`.
+    lm_head: Option<CudaSlice<T>>,
+}
+
+enum WeightSet {
+    F32(Weights<f32>),
+    F16(Weights<f16>),
+    BF16(Weights<bf16>),
+}
+
+/// W [out, in] of a host `Linear` (which keeps W^T [in, out]), in T on the device.
+fn upload_linear<T: Elem>(dev: &Device, lin: &Linear) -> Result<CudaSlice<T>> {
+    let w = transpose(&lin.wt, lin.inp, lin.out);
+    dev.upload(&T::from_f32(&w))
+}
+
+fn upload_weights<T: Elem>(dev: &Device, host: &Model) -> Result<Weights<T>> {
+    let blocks = host
+        .blocks
+        .iter()
+        .map(|b| {
+            Ok(BlockW {
+                input_norm: dev.upload(&b.input_norm)?,
+                qkv: upload_linear(dev, &b.qkv)?,
+                qkv_bias: b.qkv.b.as_ref().map(|v| dev.upload(v)).transpose()?,
+                o_proj: upload_linear(dev, &b.o_proj)?,
+                post_norm: dev.upload(&b.post_attention_norm)?,
+                gate_up: upload_linear(dev, &b.gate_up)?,
+                down: upload_linear(dev, &b.down)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let lm_head = if host.config.tie_word_embeddings {
+        None
+    } else {
+        Some(upload_linear(dev, &host.lm_head)?)
+    };
+    Ok(Weights {
+        embed: dev.upload(&T::from_f32(&host.embed))?,
+        blocks,
+        final_norm: dev.upload(&host.final_norm)?,
+        lm_head,
+    })
+}
+
+// ---- KV cache --------------------------------------------------------------------------
+
+/// A row's own keys and values in one block: `cap` positions allocated, `len` used.
+#[derive(Default)]
+struct OwnKv {
+    k: Option<Buf>,
+    v: Option<Buf>,
+    len: usize,
+    cap: usize,
+}
+
+/// The device twin of [`crate::kv::KvCache`]: per block, the row's own K/V buffers
+/// ([capacity, kv_dim] in the model's weight dtype, grown by doubling), optionally after
+/// a read-only prefix shared with other caches through an `Arc` ([`CudaKvCache::fork`]).
+/// One prefix level only: a fork cannot be forked again.
+pub struct CudaKvCache {
+    dev: Arc<Device>,
+    dtype: DType,
+    kv_dim: usize,
+    max_positions: usize,
+    prefix: Option<Arc<CudaKvCache>>,
+    /// Per block: how many positions of `prefix` this cache sees.
+    prefix_len: Vec<usize>,
+    own: Vec<OwnKv>,
+}
+
+impl std::fmt::Debug for CudaKvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaKvCache")
+            .field("dtype", &self.dtype)
+            .field(
+                "lens",
+                &(0..self.num_layers())
+                    .map(|l| self.len(l))
+                    .collect::<Vec<_>>(),
+            )
+            .field("forked", &self.prefix.is_some())
+            .finish()
+    }
+}
+
+impl CudaKvCache {
+    pub fn num_layers(&self) -> usize {
+        self.own.len()
+    }
+
+    /// Number of cached positions in block `layer`.
+    pub fn len(&self, layer: usize) -> usize {
+        self.prefix_len[layer] + self.own[layer].len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        (0..self.num_layers()).all(|l| self.len(l) == 0)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Whether this cache sits on a shared prefix.
+    pub fn is_fork(&self) -> bool {
+        self.prefix.is_some()
+    }
+
+    /// A new cache that sees the first `lens[l]` positions of `self` in block l and appends
+    /// its own positions after them. Nothing is copied. `self` must not be a fork itself.
+    pub fn fork(self: &Arc<Self>, lens: &[usize]) -> Result<CudaKvCache> {
+        if lens.len() != self.num_layers() {
+            return Err(Error::input(format!(
+                "fork: {} lengths given for {} blocks",
+                lens.len(),
+                self.num_layers()
+            )));
+        }
+        if let Some(l) = (0..lens.len()).find(|&l| lens[l] > self.len(l)) {
+            return Err(Error::input(format!(
+                "fork: block {l} has {} cached positions, {} asked",
+                self.len(l),
+                lens[l]
+            )));
+        }
+        if self.prefix.is_some() {
+            return Err(Error::input(
+                "fork: this GPU KV cache is itself a fork; the CUDA backend supports one \
+                 level of shared prefix only (fork the original cache instead)",
+            ));
+        }
+        Ok(CudaKvCache {
+            dev: self.dev.clone(),
+            dtype: self.dtype,
+            kv_dim: self.kv_dim,
+            max_positions: self.max_positions,
+            prefix: Some(Arc::clone(self)),
+            prefix_len: lens.to_vec(),
+            own: (0..self.num_layers()).map(|_| OwnKv::default()).collect(),
+        })
+    }
+
+    /// Fork seeing the first `len` positions of every block.
+    pub fn fork_at(self: &Arc<Self>, len: usize) -> Result<CudaKvCache> {
+        self.fork(&vec![len; self.num_layers()])
+    }
+
+    /// Keys and values of the `len(layer)` positions of block `layer` (prefix, then own),
+    /// widened to f32: [positions, kv_dim] each. For tests and inspection.
+    pub fn keys_values(&self, layer: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (mut ks, mut vs) = match &self.prefix {
+            Some(p) if self.prefix_len[layer] > 0 => {
+                let (mut k, mut v) = p.keys_values(layer)?;
+                k.truncate(self.prefix_len[layer] * self.kv_dim);
+                v.truncate(self.prefix_len[layer] * self.kv_dim);
+                (k, v)
+            }
+            _ => (Vec::new(), Vec::new()),
+        };
+        let own = &self.own[layer];
+        if own.len > 0 {
+            let n = own.len * self.kv_dim;
+            let (k, v) = match self.dtype {
+                DType::F32 => own_download::<f32>(&self.dev, own, n)?,
+                DType::F16 => own_download::<f16>(&self.dev, own, n)?,
+                DType::BF16 => own_download::<bf16>(&self.dev, own, n)?,
+            };
+            ks.extend(k);
+            vs.extend(v);
+        }
+        Ok((ks, vs))
+    }
+
+    /// Makes room for `need` own positions in block `layer` (copying what is there).
+    fn reserve<T: Elem>(&mut self, layer: usize, need: usize) -> Result<()> {
+        let kv_dim = self.kv_dim;
+        let limit = self
+            .max_positions
+            .saturating_sub(self.prefix_len[layer])
+            .max(need);
+        let own = &mut self.own[layer];
+        if need <= own.cap {
+            return Ok(());
+        }
+        let cap = need.max(2 * own.cap).max(16).min(limit);
+        let dev = &self.dev;
+        let mut k_new: CudaSlice<T> = dev.zeros(cap * kv_dim)?;
+        let mut v_new: CudaSlice<T> = dev.zeros(cap * kv_dim)?;
+        if own.len > 0 {
+            let n = own.len * kv_dim;
+            let (k_old, v_old) = typed::<T>(own)?;
+            let s = dev.stream();
+            s.memcpy_dtod(&k_old.slice(..n), &mut k_new.slice_mut(..n))
+                .map_err(|e| cuda_err("growing a KV cache", e))?;
+            s.memcpy_dtod(&v_old.slice(..n), &mut v_new.slice_mut(..n))
+                .map_err(|e| cuda_err("growing a KV cache", e))?;
+        }
+        own.k = Some(T::wrap(k_new));
+        own.v = Some(T::wrap(v_new));
+        own.cap = cap;
+        Ok(())
+    }
+}
+
+fn typed<T: Elem>(own: &OwnKv) -> Result<(&CudaSlice<T>, &CudaSlice<T>)> {
+    Ok((typed_buf(&own.k)?, typed_buf(&own.v)?))
+}
+
+fn typed_buf<T: Elem>(b: &Option<Buf>) -> Result<&CudaSlice<T>> {
+    b.as_ref().and_then(T::get).ok_or_else(|| {
+        Error::Cuda(format!(
+            "KV cache buffer is missing or not {} (internal error)",
+            T::DTYPE.suffix()
+        ))
+    })
+}
+
+fn own_download<T: Elem>(dev: &Device, own: &OwnKv, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (k, v) = typed::<T>(own)?;
+    Ok((
+        T::to_f32(dev.download(&k.slice(..n))?),
+        T::to_f32(dev.download(&v.slice(..n))?),
+    ))
+}
+
+/// The attention/append table of block `layer` over `caches`.
+fn kv_table<T: Elem>(dev: &Device, caches: &[CudaKvCache], layer: usize) -> Result<KvTable<T>> {
+    let kv_dim = caches[0].kv_dim;
+    let mut b = KvTable::<T>::builder(dev, kv_dim);
+    for c in caches {
+        let (ok, ov) = typed::<T>(&c.own[layer])?;
+        match &c.prefix {
+            Some(p) if c.prefix_len[layer] > 0 => {
+                let (pk, pv) = typed::<T>(&p.own[layer])?;
+                b.row_with_prefix(pk, pv, c.prefix_len[layer], ok, ov)?;
+            }
+            _ => {
+                b.row(ok, ov)?;
+            }
+        }
+    }
+    b.build()
+}
+
+// ---- the pass --------------------------------------------------------------------------
+
+/// The new tokens of a pass, packed row after row (as in src/forward.rs).
+struct Plan {
+    tokens: Vec<TokenAt>,
+    /// Per row: index of its first token in `tokens`, and its token count.
+    rows: Vec<(usize, usize)>,
+}
+
+impl Plan {
+    fn span(&self, row: usize) -> Result<(usize, usize, usize)> {
+        let &(first, n) = self.rows.get(row).ok_or_else(|| {
+            Error::input(format!(
+                "row {row} out of range: the batch has {} rows",
+                self.rows.len()
+            ))
+        })?;
+        Ok((first, n, self.tokens[first].pos))
+    }
+
+    fn index(&self, row: usize, pos: usize) -> Result<usize> {
+        let (first, n, p0) = self.span(row)?;
+        if pos < p0 || pos >= p0 + n {
+            return Err(Error::input(format!(
+                "position {pos} of row {row} is not computed in this pass (positions {p0}..{})",
+                p0 + n - 1
+            )));
+        }
+        Ok(first + pos - p0)
+    }
+
+    fn positions(&self, row: usize, sel: &Positions) -> Result<Vec<usize>> {
+        let (_, n, p0) = self.span(row)?;
+        let all = match sel {
+            Positions::All => (p0..p0 + n).collect(),
+            Positions::Last => vec![p0 + n - 1],
+            Positions::At(ps) => ps.clone(),
+        };
+        all.into_iter().map(|p| self.index(row, p)).collect()
+    }
+}
+
+/// Reads and writes resolved to token indices.
+struct StreamOps<'a> {
+    writes: Vec<(Site, usize, &'a WriteOp)>,
+    reads: Vec<(Site, usize)>,
+}
+
+enum Init {
+    Ids(Vec<u32>),
+    States(Vec<f32>),
+}
+
+/// Per-pass buffers of the blocks.
+struct Scratch<T: Elem> {
+    /// Normed stream, GEMM input [n, hidden].
+    x: CudaSlice<T>,
+    /// [n, q_dim + 2 kv_dim]
+    qkv: CudaSlice<f32>,
+    /// [n, q_dim]
+    attn: CudaSlice<f32>,
+    attn_t: Option<CudaSlice<T>>,
+    /// [n, hidden]
+    o: CudaSlice<f32>,
+    /// [n, 2 intermediate]
+    gate_up: CudaSlice<f32>,
+    /// [n, intermediate]
+    act: CudaSlice<T>,
+}
+
+/// A pass's results before the logits leave the device.
+struct Pass {
+    states: Vec<State>,
+    /// [logit rows, vocab], with the (row, pos) of each.
+    logits: Option<(CudaSlice<f32>, Vec<TokenAt>)>,
+}
+
+/// Qwen2/Llama on one GPU. Build it from a loaded host [`Model`] with [`CudaModel::new`].
+pub struct CudaModel {
+    dev: Arc<Device>,
+    config: Config,
+    dtype: DType,
+    inv_freq: CudaSlice<f32>,
+    weights: WeightSet,
+}
+
+impl CudaModel {
+    /// Uploads `host`'s weights to `dev`: matrices, embedding table and LM head in
+    /// `dtype`, norms and biases in f32.
+    pub fn new(host: &Model, dev: Arc<Device>, dtype: DType) -> Result<CudaModel> {
+        let c = &host.config;
+        if c.head_dim == 0 || c.head_dim > HEAD_DIM_MAX {
+            return Err(Error::Cuda(format!(
+                "head_dim {} is not supported by the CUDA attention kernels (1..={HEAD_DIM_MAX})",
+                c.head_dim
+            )));
+        }
+        let weights = match dtype {
+            DType::F32 => WeightSet::F32(upload_weights(&dev, host)?),
+            DType::F16 => WeightSet::F16(upload_weights(&dev, host)?),
+            DType::BF16 => WeightSet::BF16(upload_weights(&dev, host)?),
+        };
+        let inv_freq = dev.upload(&host.inv_freq)?;
+        dev.synchronize()?;
+        Ok(CudaModel {
+            config: host.config.clone(),
+            dtype,
+            inv_freq,
+            weights,
+            dev,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Arc<Device> {
+        &self.dev
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.config.num_layers
+    }
+
+    /// An empty KV cache for one sequence of this model (nothing is allocated until the
+    /// first pass).
+    pub fn new_cache(&self) -> CudaKvCache {
+        CudaKvCache {
+            dev: self.dev.clone(),
+            dtype: self.dtype,
+            kv_dim: self.config.kv_dim(),
+            max_positions: self.config.max_position_embeddings,
+            prefix: None,
+            prefix_len: vec![0; self.config.num_layers],
+            own: (0..self.config.num_layers)
+                .map(|_| OwnKv::default())
+                .collect(),
+        }
+    }
+
+    /// Runs one pass over `caches.len()` rows (row r continues `caches[r]`), like
+    /// `Model::forward`.
+    pub fn forward(&self, caches: &mut [CudaKvCache], req: &Request) -> Result<Output> {
+        let pass = self.run(caches, req)?;
+        let mut out = Output {
+            logits: Vec::new(),
+            states: pass.states,
+        };
+        if let Some((buf, at)) = pass.logits {
+            let vocab = self.config.vocab_size;
+            let host = self.dev.download(&buf)?;
+            out.logits = at
+                .iter()
+                .zip(host.chunks_exact(vocab))
+                .map(|(t, v)| Logits {
+                    row: t.row,
+                    pos: t.pos,
+                    values: v.to_vec(),
+                })
+                .collect();
+        }
+        Ok(out)
+    }
+
+    /// Runs `first`, then feeds each row's argmax (taken on the device) back until
+    /// `max_new` tokens per row exist, like `Model::greedy`. Returns the new tokens per row.
+    pub fn greedy(
+        &self,
+        caches: &mut [CudaKvCache],
+        first: Request,
+        max_new: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        let rows = caches.len();
+        let mut generated = vec![Vec::with_capacity(max_new); rows];
+        if max_new == 0 {
+            return Ok(generated);
+        }
+        let mut pass = self.run(caches, &first.logits(LogitsAt::Last))?;
+        loop {
+            let (logits, _) = pass
+                .logits
+                .as_ref()
+                .expect("LogitsAt::Last yields one per row");
+            let mut ids: CudaSlice<u32> = self.dev.zeros(rows)?;
+            k::argmax(&self.dev, logits, self.config.vocab_size, &mut ids)?;
+            let next = self.dev.download(&ids)?;
+            for (g, &t) in generated.iter_mut().zip(&next) {
+                g.push(t);
+            }
+            if generated[0].len() == max_new {
+                return Ok(generated);
+            }
+            let step = Request::tokens(next.iter().map(|&t| vec![t]).collect());
+            pass = self.run(caches, &step)?;
+        }
+    }
+
+    fn run(&self, caches: &mut [CudaKvCache], req: &Request) -> Result<Pass> {
+        match &self.weights {
+            WeightSet::F32(w) => self.run_t(w, caches, req),
+            WeightSet::F16(w) => self.run_t(w, caches, req),
+            WeightSet::BF16(w) => self.run_t(w, caches, req),
+        }
+    }
+
+    fn run_t<T: Elem>(
+        &self,
+        w: &Weights<T>,
+        caches: &mut [CudaKvCache],
+        req: &Request,
+    ) -> Result<Pass> {
+        debug_assert!(T::weights(&self.weights).is_some());
+        let c = &self.config;
+        let dev = &*self.dev;
+        let (l, d) = (c.num_layers, c.hidden_size);
+        let (start, plan, init) = self.prepare(caches, &req.input)?;
+        let ops = self.resolve_ops(req, start, &plan)?;
+        let logit_rows = logit_rows(&req.logits, &plan)?;
+        let n = plan.tokens.len();
+
+        let mut h: CudaSlice<f32> = match init {
+            Init::Ids(ids) => {
+                let ids_d = dev.upload(&ids)?;
+                // SAFETY: the embedding kernel writes every row.
+                let mut h = unsafe { dev.alloc::<f32>(n * d)? };
+                k::embedding(dev, &w.embed, d, &ids_d, &mut h)?;
+                h
+            }
+            Init::States(s) => dev.upload(&s)?,
+        };
+        let mut states = Vec::new();
+        self.apply_site(start, &mut h, &plan, &ops, &mut states)?;
+
+        let first_block = start.next_block(l);
+        if first_block < l {
+            let shape = self.attn_shape();
+            let batch = AttnBatch::new(dev, &plan.tokens, &shape)?;
+            let mut s = self.scratch::<T>(n)?;
+            for layer in first_block..l {
+                self.block(
+                    &w.blocks[layer],
+                    layer,
+                    &mut h,
+                    &plan,
+                    &batch,
+                    caches,
+                    &mut s,
+                )?;
+                self.apply_site(Site::BlockOut(layer), &mut h, &plan, &ops, &mut states)?;
+            }
+        }
+        let needs_norm = !logit_rows.is_empty()
+            || ops.reads.iter().any(|r| r.0 == Site::FinalNorm)
+            || ops.writes.iter().any(|w| w.0 == Site::FinalNorm);
+        if start != Site::FinalNorm && needs_norm {
+            // SAFETY: rmsnorm writes every value.
+            let mut normed = unsafe { dev.alloc::<f32>(n * d)? };
+            k::rmsnorm(dev, &h, &w.final_norm, c.rms_norm_eps, &mut normed)?;
+            h = normed;
+            self.apply_site(Site::FinalNorm, &mut h, &plan, &ops, &mut states)?;
+        }
+        let logits = if logit_rows.is_empty() {
+            None
+        } else {
+            let head = w.lm_head.as_ref().unwrap_or(&w.embed);
+            let buf = self.lm_head::<T>(&h, &logit_rows, head)?;
+            Some((buf, logit_rows.iter().map(|&t| plan.tokens[t]).collect()))
+        };
+        Ok(Pass { states, logits })
+    }
+
+    fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            num_heads: self.config.num_heads,
+            num_kv_heads: self.config.num_kv_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    fn scratch<T: Elem>(&self, n: usize) -> Result<Scratch<T>> {
+        let c = &self.config;
+        let dev = &*self.dev;
+        let (d, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        // SAFETY: every buffer is written by a kernel or GEMM before it is read in `block`.
+        unsafe {
+            Ok(Scratch {
+                x: dev.alloc(n * d)?,
+                qkv: dev.alloc(n * (q + 2 * kv))?,
+                attn: dev.alloc(n * q)?,
+                attn_t: None,
+                o: dev.alloc(n * d)?,
+                gate_up: dev.alloc(n * 2 * i)?,
+                act: dev.alloc(n * i)?,
+            })
+        }
+    }
+
+    /// One decoder block over all new tokens, appending their keys/values to the caches.
+    #[allow(clippy::too_many_arguments)]
+    fn block<T: Elem>(
+        &self,
+        b: &BlockW<T>,
+        layer: usize,
+        h: &mut CudaSlice<f32>,
+        plan: &Plan,
+        batch: &AttnBatch,
+        caches: &mut [CudaKvCache],
+        s: &mut Scratch<T>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let dev = &*self.dev;
+        let n = plan.tokens.len();
+        let (d, qd, kvd, inter) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let width = qd + 2 * kvd;
+        let eps = c.rms_norm_eps;
+
+        k::rmsnorm(dev, h, &b.input_norm, eps, &mut s.x)?;
+        gemm::linear(
+            dev,
+            &s.x,
+            n,
+            d,
+            &b.qkv,
+            width,
+            b.qkv_bias.as_ref(),
+            &mut s.qkv,
+        )?;
+        let q_at = RowLayout {
+            stride: width,
+            offset: 0,
+        };
+        let k_at = RowLayout {
+            stride: width,
+            offset: qd,
+        };
+        let pos = batch.positions();
+        k::rope(
+            dev,
+            &mut s.qkv,
+            q_at,
+            c.num_heads,
+            c.head_dim,
+            pos,
+            &self.inv_freq,
+        )?;
+        k::rope(
+            dev,
+            &mut s.qkv,
+            k_at,
+            c.num_kv_heads,
+            c.head_dim,
+            pos,
+            &self.inv_freq,
+        )?;
+
+        for (cache, &(_, len)) in caches.iter_mut().zip(&plan.rows) {
+            let need = cache.own[layer].len + len;
+            cache.reserve::<T>(layer, need)?;
+        }
+        let table = kv_table::<T>(dev, caches, layer)?;
+        // SAFETY: the table names the caches' buffers, which `caches` (borrowed for the
+        // whole call) keeps alive and unmoved; all work is ordered on the device's stream,
+        // and a buffer that is dropped later is freed in stream order.
+        unsafe { k::kv_append(dev, &s.qkv, width, qd, qd + kvd, batch, &table)? };
+        for (cache, &(_, len)) in caches.iter_mut().zip(&plan.rows) {
+            cache.own[layer].len += len;
+        }
+        let shape = self.attn_shape();
+        // SAFETY: as for kv_append.
+        unsafe {
+            k::attention(
+                dev,
+                &s.qkv,
+                q_at,
+                batch,
+                &table,
+                &shape,
+                &mut s.attn,
+                Splits::Auto,
+            )?
+        };
+        let a = T::gemm_input(dev, &s.attn, &mut s.attn_t)?;
+        gemm::matmul_bt(dev, a, n, qd, &b.o_proj, d, &mut s.o)?;
+        k::add_inplace(dev, h, &s.o)?;
+
+        k::rmsnorm(dev, h, &b.post_norm, eps, &mut s.x)?;
+        gemm::matmul_bt(dev, &s.x, n, d, &b.gate_up, 2 * inter, &mut s.gate_up)?;
+        k::swiglu(dev, &s.gate_up, inter, &mut s.act)?;
+        gemm::matmul_bt(dev, &s.act, n, inter, &b.down, d, &mut s.o)?;
+        k::add_inplace(dev, h, &s.o)
+    }
+
+    /// Logits [rows.len(), vocab] of the stream rows `rows` (already final-normed).
+    fn lm_head<T: Elem>(
+        &self,
+        h: &CudaSlice<f32>,
+        rows: &[usize],
+        head: &CudaSlice<T>,
+    ) -> Result<CudaSlice<f32>> {
+        let dev = &*self.dev;
+        let (d, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        // SAFETY: every chunk below writes its rows.
+        let mut out = unsafe { dev.alloc::<f32>(rows.len() * vocab)? };
+        let mut tmp = None;
+        for (ci, chunk) in rows.chunks(LOGIT_CHUNK).enumerate() {
+            let idx: Vec<u32> = chunk.iter().map(|&t| t as u32).collect();
+            let x = gather(dev, h, d, &idx)?;
+            let xt = T::gemm_input(dev, &x, &mut tmp)?;
+            let r0 = ci * LOGIT_CHUNK;
+            let mut y = out.slice_mut(r0 * vocab..(r0 + chunk.len()) * vocab);
+            gemm::matmul_bt(dev, xt, chunk.len(), d, head, vocab, &mut y)?;
+        }
+        Ok(out)
+    }
+
+    /// Applies the writes, then the reads, of `site`.
+    fn apply_site(
+        &self,
+        site: Site,
+        h: &mut CudaSlice<f32>,
+        plan: &Plan,
+        ops: &StreamOps,
+        states: &mut Vec<State>,
+    ) -> Result<()> {
+        let dev = &*self.dev;
+        let d = self.config.hidden_size;
+        let writes: Vec<RowWrite> = ops
+            .writes
+            .iter()
+            .filter(|w| w.0 == site)
+            .map(|&(_, t, op)| {
+                let (WriteOp::Replace(v) | WriteOp::Add(v)) = op;
+                RowWrite {
+                    token: t,
+                    add: matches!(op, WriteOp::Add(_)),
+                    values: v,
+                }
+            })
+            .collect();
+        k::write_rows(dev, h, d, &writes)?;
+        let reads: Vec<usize> = ops
+            .reads
+            .iter()
+            .filter(|r| r.0 == site)
+            .map(|r| r.1)
+            .collect();
+        if reads.is_empty() {
+            return Ok(());
+        }
+        let idx: Vec<u32> = reads.iter().map(|&t| t as u32).collect();
+        let values = dev.download(&gather(dev, h, d, &idx)?)?;
+        for (&t, v) in reads.iter().zip(values.chunks_exact(d)) {
+            states.push(State {
+                site,
+                row: plan.tokens[t].row,
+                pos: plan.tokens[t].pos,
+                values: v.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the input against the caches; returns the start site, the token plan and
+    /// what the stream starts from. Same checks and messages as the CPU pass.
+    fn prepare(&self, caches: &[CudaKvCache], input: &Input) -> Result<(Site, Plan, Init)> {
+        let c = &self.config;
+        let (site, starts, lens) = match input {
+            Input::Tokens(rows) => (
+                Site::Embed,
+                caches.iter().map(|kv| kv.len(0)).collect::<Vec<_>>(),
+                rows.iter().map(Vec::len).collect::<Vec<_>>(),
+            ),
+            Input::Hidden { site, rows } => {
+                site.check(c.num_layers)?;
+                let mut lens = Vec::with_capacity(rows.len());
+                for (r, row) in rows.iter().enumerate() {
+                    if row.states.is_empty() || row.states.len() % c.hidden_size != 0 {
+                        return Err(Error::input(format!(
+                            "row {r}: {} state values is not a positive multiple of hidden size {}",
+                            row.states.len(),
+                            c.hidden_size
+                        )));
+                    }
+                    lens.push(row.states.len() / c.hidden_size);
+                }
+                (*site, rows.iter().map(|r| r.start_pos).collect(), lens)
+            }
+        };
+        if lens.len() != caches.len() {
+            return Err(Error::input(format!(
+                "{} input rows but {} KV caches",
+                lens.len(),
+                caches.len()
+            )));
+        }
+        if lens.is_empty() {
+            return Err(Error::input("empty batch: no rows to run"));
+        }
+        let first_block = site.next_block(c.num_layers);
+        let mut plan = Plan {
+            tokens: Vec::new(),
+            rows: Vec::new(),
+        };
+        for (r, ((&p0, &n), kv)) in starts.iter().zip(&lens).zip(caches).enumerate() {
+            if n == 0 {
+                return Err(Error::input(format!(
+                    "row {r} is empty: a prompt needs at least one token"
+                )));
+            }
+            if kv.num_layers() != c.num_layers || kv.kv_dim != c.kv_dim() {
+                return Err(Error::input(format!(
+                    "row {r}: KV cache is for another model"
+                )));
+            }
+            if kv.dtype != self.dtype {
+                return Err(Error::input(format!(
+                    "row {r}: KV cache holds {} but this model runs in {}",
+                    kv.dtype.suffix(),
+                    self.dtype.suffix()
+                )));
+            }
+            if kv.dev.context().ordinal() != self.dev.context().ordinal() {
+                return Err(Error::input(format!(
+                    "row {r}: KV cache is on CUDA device {}, the model on {}",
+                    kv.dev.context().ordinal(),
+                    self.dev.context().ordinal()
+                )));
+            }
+            if let Some(l) = (first_block..c.num_layers).find(|&l| kv.len(l) != p0) {
+                return Err(Error::input(format!(
+                    "row {r}: new positions start at {p0} but block {l} has {} cached positions",
+                    kv.len(l)
+                )));
+            }
+            if p0 + n > c.max_position_embeddings {
+                return Err(Error::input(format!(
+                    "prompt too long: row {r} needs {} positions, the model allows {}",
+                    p0 + n,
+                    c.max_position_embeddings
+                )));
+            }
+            plan.rows.push((plan.tokens.len(), n));
+            plan.tokens
+                .extend((p0..p0 + n).map(|pos| TokenAt { row: r, pos }));
+        }
+        let init = match input {
+            Input::Tokens(rows) => {
+                let ids: Vec<u32> = rows.concat();
+                if let Some(&bad) = ids.iter().find(|&&t| t as usize >= c.vocab_size) {
+                    return Err(Error::input(format!(
+                        "token id {bad} out of range: the vocabulary has {} tokens",
+                        c.vocab_size
+                    )));
+                }
+                Init::Ids(ids)
+            }
+            Input::Hidden { rows, .. } => {
+                Init::States(rows.iter().flat_map(|r| r.states.iter().copied()).collect())
+            }
+        };
+        Ok((site, plan, init))
+    }
+
+    fn resolve_ops<'a>(&self, req: &'a Request, start: Site, plan: &Plan) -> Result<StreamOps<'a>> {
+        let l = self.config.num_layers;
+        let check_site = |site: Site| -> Result<()> {
+            site.check(l)?;
+            if site.order(l) < start.order(l) {
+                return Err(Error::input(format!(
+                    "site {site} comes before {start}, where this pass starts"
+                )));
+            }
+            Ok(())
+        };
+        let mut ops = StreamOps {
+            writes: Vec::new(),
+            reads: Vec::new(),
+        };
+        for w in &req.writes {
+            check_site(w.site)?;
+            let (WriteOp::Replace(v) | WriteOp::Add(v)) = &w.op;
+            if v.len() != self.config.hidden_size {
+                return Err(Error::input(format!(
+                    "write at {}: vector has {} values, hidden size is {}",
+                    w.site,
+                    v.len(),
+                    self.config.hidden_size
+                )));
+            }
+            ops.writes.push((w.site, plan.index(w.row, w.pos)?, &w.op));
+        }
+        for r in &req.reads {
+            check_site(r.site)?;
+            for t in plan.positions(r.row, &r.positions)? {
+                ops.reads.push((r.site, t));
+            }
+        }
+        Ok(ops)
+    }
+}
+
+fn logit_rows(at: &LogitsAt, plan: &Plan) -> Result<Vec<usize>> {
+    Ok(match at {
+        LogitsAt::None => Vec::new(),
+        LogitsAt::All => (0..plan.tokens.len()).collect(),
+        LogitsAt::Last => plan.rows.iter().map(|&(first, n)| first + n - 1).collect(),
+        LogitsAt::At(pairs) => pairs
+            .iter()
+            .map(|&(row, pos)| plan.index(row, pos))
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// Rows `idx` of `src` ([rows, width]) into a new buffer [idx.len(), width].
+fn gather(dev: &Device, src: &CudaSlice<f32>, width: usize, idx: &[u32]) -> Result<CudaSlice<f32>> {
+    // SAFETY: every row is written by the gathers below.
+    let mut dst = unsafe { dev.alloc::<f32>(idx.len() * width)? };
+    for (ci, chunk) in idx.chunks(GATHER_ROWS).enumerate() {
+        let r0 = ci * GATHER_ROWS;
+        let idx_d = dev.upload(chunk)?;
+        let mut view = dst.slice_mut(r0 * width..(r0 + chunk.len()) * width);
+        k::gather_rows(dev, src, width, &idx_d, &mut view)?;
+    }
+    Ok(dst)
+}
