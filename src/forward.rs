@@ -202,7 +202,7 @@ impl Model {
                 .collect();
             let vocab = self.config.vocab_size;
             let mut y = vec![0.0; logit_rows.len() * vocab];
-            matmul::linear(&x, logit_rows.len(), &self.lm_head, &mut y);
+            matmul::matmul_bt(&x, logit_rows.len(), hidden, self.lm_head(), vocab, &mut y);
             out.logits = logit_rows
                 .iter()
                 .zip(y.chunks_exact(vocab))

@@ -26,8 +26,8 @@ pub struct Model {
     pub embed: Vec<f32>,
     pub blocks: Vec<Block>,
     pub final_norm: Vec<f32>,
-    /// The LM head (tied or not), transposed for the matmul.
-    pub lm_head: Linear,
+    /// Untied LM head [vocab, hidden]; `None` when tied to `embed`.
+    pub lm_head: Option<Vec<f32>>,
     /// RoPE inverse frequencies [head_dim / 2].
     pub(crate) inv_freq: Vec<f32>,
 }
@@ -50,14 +50,9 @@ impl Model {
             .collect::<Result<_>>()?;
         let final_norm = weights.f32("model.norm.weight", &[h])?;
         let lm_head = if c.tie_word_embeddings {
-            Linear::from_rows(&embed, None, c.vocab_size, h)
+            None
         } else if weights.contains("lm_head.weight") {
-            Linear::from_rows(
-                &weights.f32("lm_head.weight", &[c.vocab_size, h])?,
-                None,
-                c.vocab_size,
-                h,
-            )
+            Some(weights.f32("lm_head.weight", &[c.vocab_size, h])?)
         } else {
             return Err(Error::Tensor {
                 name: "lm_head.weight".into(),
@@ -74,6 +69,11 @@ impl Model {
             final_norm,
             lm_head,
         })
+    }
+
+    /// The LM head matrix [vocab, hidden] (the embedding table when tied).
+    pub fn lm_head(&self) -> &[f32] {
+        self.lm_head.as_deref().unwrap_or(&self.embed)
     }
 
     pub fn num_layers(&self) -> usize {
@@ -111,12 +111,12 @@ fn load_block(w: &WeightFiles, c: &Config, l: usize) -> Result<Block> {
     gate_up.extend(w.f32(&format!("{p}.mlp.up_proj.weight"), &[i, h])?);
     Ok(Block {
         input_norm: w.f32(&format!("{p}.input_layernorm.weight"), &[h])?,
-        qkv: Linear::from_rows(&qkv_w, qkv_b, q + 2 * kv, h),
-        o_proj: Linear::from_rows(&attn("o_proj.weight", &[h, q])?, None, h, q),
+        qkv: Linear::new(qkv_w, qkv_b, q + 2 * kv, h),
+        o_proj: Linear::new(attn("o_proj.weight", &[h, q])?, None, h, q),
         post_attention_norm: w.f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-        gate_up: Linear::from_rows(&gate_up, None, 2 * i, h),
-        down: Linear::from_rows(
-            &w.f32(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
+        gate_up: Linear::new(gate_up, None, 2 * i, h),
+        down: Linear::new(
+            w.f32(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
             None,
             h,
             i,

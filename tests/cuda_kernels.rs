@@ -598,7 +598,12 @@ fn gemm_case<T: Host>(dev: &Device, rng: &mut Rng, m: usize, kd: usize, n: usize
     let w = to::<T>(&rng.vec(n * kd, -1.0, 1.0));
     let (xf, wf) = (back(&x), back(&w));
     let b = rng.vec(n, -1.0, 1.0);
-    let lin = cpu_mm::Linear::from_rows(&wf, bias.then(|| b.clone()), n, kd);
+    let lin = cpu_mm::Linear {
+        w: wf.clone(),
+        b: bias.then(|| b.clone()),
+        out: n,
+        inp: kd,
+    };
     let mut want = vec![0.0; m * n];
     cpu_mm::linear(&xf, m, &lin, &mut want);
     let xd = dev.upload(&x).unwrap();

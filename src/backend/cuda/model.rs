@@ -20,7 +20,7 @@ use super::gemm;
 use super::kernels::{self as k, AttnBatch, KvTable, RowLayout, RowWrite, Splits, HEAD_DIM_MAX};
 use super::{cuda_err, CudaFloat, DType};
 use crate::backend::cpu::attention::{AttnShape, TokenAt};
-use crate::backend::cpu::matmul::{transpose, Linear};
+use crate::backend::cpu::matmul::Linear;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::forward::{Input, Logits, LogitsAt, Output, Request};
@@ -196,10 +196,9 @@ enum WeightSet {
     BF16(Weights<bf16>),
 }
 
-/// W [out, in] of a host `Linear` (which keeps W^T [in, out]), in T on the device.
+/// W [out, in] of a host `Linear`, in T on the device.
 fn upload_linear<T: Elem>(dev: &Device, lin: &Linear) -> Result<CudaSlice<T>> {
-    let w = transpose(&lin.wt, lin.inp, lin.out);
-    dev.upload(&T::from_f32(&w))
+    dev.upload(&T::from_f32(&lin.w))
 }
 
 fn upload_weights<T: Elem>(dev: &Device, host: &Model) -> Result<Weights<T>> {
@@ -221,7 +220,7 @@ fn upload_weights<T: Elem>(dev: &Device, host: &Model) -> Result<Weights<T>> {
     let lm_head = if host.config.tie_word_embeddings {
         None
     } else {
-        Some(upload_linear(dev, &host.lm_head)?)
+        Some(dev.upload(&T::from_f32(host.lm_head()))?)
     };
     Ok(Weights {
         embed: dev.upload(&T::from_f32(&host.embed))?,
