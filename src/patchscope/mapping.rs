@@ -60,8 +60,9 @@ impl Affine {
         let d = inp + 1;
         let x = DMatrix::from_fn(n, d, |r, c| if c < inp { xs[r][c] as f64 } else { 1.0 });
         let y = DMatrix::from_fn(n, out, |r, c| ys[r][c] as f64);
-        let solution = if n >= 2 * d {
-            // well over-determined: the normal equations are accurate and much cheaper
+        let solution = if n > d {
+            // over-determined: the normal equations are much cheaper than an SVD of X; a
+            // rank-deficient X (Cholesky fails) falls back to the minimum-norm solve
             let g = x.transpose() * &x;
             let rhs = x.transpose() * &y;
             match g.clone().cholesky() {
@@ -160,8 +161,8 @@ mod tests {
             .map(|x| vec![2.0 * x[0] + 0.5, x[0] - x[1] + 3.0])
             .collect();
         for n in [4, 12] {
-            // n = 4: the SVD path (the first three points are affinely collinear, the fourth is
-            // not); n = 12: the normal equations
+            // n = 4: just determined (the first three points are affinely collinear, the
+            // fourth is not); n = 12: over-determined
             let a = Affine::fit(&xs[..n], &ys[..n]).unwrap();
             for (x, y) in xs.iter().zip(&ys) {
                 let got = a.apply(x);

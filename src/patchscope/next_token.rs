@@ -198,8 +198,9 @@ pub fn lens_rows(
 /// Fits the tuned lens: for every layer, the affine map from the layer-l representation to
 /// the last layer's (final-normed) representation.
 pub fn fit_tuned_lens(rows: &LensRows) -> Result<Vec<Affine>> {
+    use rayon::prelude::*;
     rows.reps
-        .iter()
+        .par_iter()
         .map(|xs| Affine::fit(xs, &rows.targets))
         .collect()
 }
