@@ -7,11 +7,12 @@
 //! before reads at the same site, so a read sees what the next block will see.
 
 use crate::backend::cpu::{attention, embedding, matmul, residual, rmsnorm, rope, swiglu};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kv::KvCache;
 use crate::model::Model;
+use crate::plan::{Init, Plan, StreamOps};
 use crate::stream::{Positions, Read, Site, State, Write, WriteOp};
-use attention::{AttnShape, TokenAt};
+use attention::AttnShape;
 
 /// What the pass starts from.
 #[derive(Debug, Clone)]
@@ -124,60 +125,20 @@ impl Output {
     }
 }
 
-/// The new tokens of a pass, packed row after row.
-struct Plan {
-    tokens: Vec<TokenAt>,
-    /// Per row: index of its first token in `tokens`, and its token count.
-    rows: Vec<(usize, usize)>,
-}
-
-impl Plan {
-    /// Row `row`'s first token index, token count and first position.
-    fn span(&self, row: usize) -> Result<(usize, usize, usize)> {
-        let &(first, n) = self.rows.get(row).ok_or_else(|| {
-            Error::input(format!(
-                "row {row} out of range: the batch has {} rows",
-                self.rows.len()
-            ))
-        })?;
-        Ok((first, n, self.tokens[first].pos))
-    }
-
-    fn index(&self, row: usize, pos: usize) -> Result<usize> {
-        let (first, n, p0) = self.span(row)?;
-        if pos < p0 || pos >= p0 + n {
-            return Err(Error::input(format!(
-                "position {pos} of row {row} is not computed in this pass (positions {p0}..{})",
-                p0 + n - 1
-            )));
-        }
-        Ok(first + pos - p0)
-    }
-
-    fn positions(&self, row: usize, sel: &Positions) -> Result<Vec<usize>> {
-        let (_, n, p0) = self.span(row)?;
-        let all = match sel {
-            Positions::All => (p0..p0 + n).collect(),
-            Positions::Last => vec![p0 + n - 1],
-            Positions::At(ps) => ps.clone(),
-        };
-        all.into_iter().map(|p| self.index(row, p)).collect()
-    }
-}
-
-/// Reads and writes resolved to token indices.
-struct StreamOps<'a> {
-    writes: Vec<(Site, usize, &'a WriteOp)>,
-    reads: Vec<(Site, usize)>,
-}
-
 impl Model {
     /// Runs one pass over `caches.len()` rows (row r continues `caches[r]`).
     pub fn forward(&self, caches: &mut [KvCache], req: &Request) -> Result<Output> {
         let num_layers = self.config.num_layers;
         let hidden = self.config.hidden_size;
-        let (start, plan, mut h) = self.prepare(caches, &req.input)?;
-        let ops = self.resolve_ops(req, start, &plan)?;
+        let (start, plan, init) = Plan::new(&self.config, caches, &req.input)?;
+        let ops = plan.stream_ops(&self.config, req, start)?;
+        // every check before the first block, so a refused request leaves the caches as
+        // they were
+        let logit_rows = plan.logit_rows(&req.logits)?;
+        let mut h = match init {
+            Init::Ids(ids) => embedding::embedding(&self.embed, hidden, &ids),
+            Init::States(states) => states,
+        };
         let mut out = Output::default();
 
         self.apply_site(start, &mut h, &plan, &ops, &mut out.states);
@@ -185,7 +146,6 @@ impl Model {
             self.block(layer, &mut h, &plan, caches);
             self.apply_site(Site::BlockOut(layer), &mut h, &plan, &ops, &mut out.states);
         }
-        let logit_rows = self.logit_rows(&req.logits, &plan)?;
         let needs_norm = !logit_rows.is_empty()
             || ops.reads.iter().any(|r| r.0 == Site::FinalNorm)
             || ops.writes.iter().any(|w| w.0 == Site::FinalNorm);
@@ -216,130 +176,6 @@ impl Model {
         Ok(out)
     }
 
-    /// Checks the input against the caches; returns the start site, the token plan and
-    /// the initial stream [tokens, hidden].
-    fn prepare(&self, caches: &[KvCache], input: &Input) -> Result<(Site, Plan, Vec<f32>)> {
-        let c = &self.config;
-        let (site, starts, lens) = match input {
-            Input::Tokens(rows) => (
-                Site::Embed,
-                caches.iter().map(|kv| kv.len(0)).collect::<Vec<_>>(),
-                rows.iter().map(Vec::len).collect::<Vec<_>>(),
-            ),
-            Input::Hidden { site, rows } => {
-                site.check(c.num_layers)?;
-                let mut lens = Vec::with_capacity(rows.len());
-                for (r, row) in rows.iter().enumerate() {
-                    if row.states.is_empty() || row.states.len() % c.hidden_size != 0 {
-                        return Err(Error::input(format!(
-                            "row {r}: {} state values is not a positive multiple of hidden size {}",
-                            row.states.len(),
-                            c.hidden_size
-                        )));
-                    }
-                    lens.push(row.states.len() / c.hidden_size);
-                }
-                (*site, rows.iter().map(|r| r.start_pos).collect(), lens)
-            }
-        };
-        if lens.len() != caches.len() {
-            return Err(Error::input(format!(
-                "{} input rows but {} KV caches",
-                lens.len(),
-                caches.len()
-            )));
-        }
-        if lens.is_empty() {
-            return Err(Error::input("empty batch: no rows to run"));
-        }
-        let first_block = site.next_block(c.num_layers);
-        let mut plan = Plan {
-            tokens: Vec::new(),
-            rows: Vec::new(),
-        };
-        for (r, ((&p0, &n), kv)) in starts.iter().zip(&lens).zip(caches).enumerate() {
-            if n == 0 {
-                return Err(Error::input(format!(
-                    "row {r} is empty: a prompt needs at least one token"
-                )));
-            }
-            if kv.num_layers() != c.num_layers {
-                return Err(Error::input(format!(
-                    "row {r}: KV cache is for another model"
-                )));
-            }
-            if let Some(l) = (first_block..c.num_layers).find(|&l| kv.len(l) != p0) {
-                return Err(Error::input(format!(
-                    "row {r}: new positions start at {p0} but block {l} has {} cached positions",
-                    kv.len(l)
-                )));
-            }
-            if p0 + n > c.max_position_embeddings {
-                return Err(Error::input(format!(
-                    "prompt too long: row {r} needs {} positions, the model allows {}",
-                    p0 + n,
-                    c.max_position_embeddings
-                )));
-            }
-            plan.rows.push((plan.tokens.len(), n));
-            plan.tokens
-                .extend((p0..p0 + n).map(|pos| TokenAt { row: r, pos }));
-        }
-        let h = match input {
-            Input::Tokens(rows) => {
-                let ids: Vec<u32> = rows.concat();
-                if let Some(&bad) = ids.iter().find(|&&t| t as usize >= c.vocab_size) {
-                    return Err(Error::input(format!(
-                        "token id {bad} out of range: the vocabulary has {} tokens",
-                        c.vocab_size
-                    )));
-                }
-                embedding::embedding(&self.embed, c.hidden_size, &ids)
-            }
-            Input::Hidden { rows, .. } => {
-                rows.iter().flat_map(|r| r.states.iter().copied()).collect()
-            }
-        };
-        Ok((site, plan, h))
-    }
-
-    fn resolve_ops<'a>(&self, req: &'a Request, start: Site, plan: &Plan) -> Result<StreamOps<'a>> {
-        let l = self.config.num_layers;
-        let check_site = |site: Site| -> Result<()> {
-            site.check(l)?;
-            if site.order(l) < start.order(l) {
-                return Err(Error::input(format!(
-                    "site {site} comes before {start}, where this pass starts"
-                )));
-            }
-            Ok(())
-        };
-        let mut ops = StreamOps {
-            writes: Vec::new(),
-            reads: Vec::new(),
-        };
-        for w in &req.writes {
-            check_site(w.site)?;
-            let (WriteOp::Replace(v) | WriteOp::Add(v)) = &w.op;
-            if v.len() != self.config.hidden_size {
-                return Err(Error::input(format!(
-                    "write at {}: vector has {} values, hidden size is {}",
-                    w.site,
-                    v.len(),
-                    self.config.hidden_size
-                )));
-            }
-            ops.writes.push((w.site, plan.index(w.row, w.pos)?, &w.op));
-        }
-        for r in &req.reads {
-            check_site(r.site)?;
-            for t in plan.positions(r.row, &r.positions)? {
-                ops.reads.push((r.site, t));
-            }
-        }
-        Ok(ops)
-    }
-
     fn apply_site(
         &self,
         site: Site,
@@ -365,18 +201,6 @@ impl Model {
                 });
             }
         }
-    }
-
-    fn logit_rows(&self, at: &LogitsAt, plan: &Plan) -> Result<Vec<usize>> {
-        Ok(match at {
-            LogitsAt::None => Vec::new(),
-            LogitsAt::All => (0..plan.tokens.len()).collect(),
-            LogitsAt::Last => plan.rows.iter().map(|&(first, n)| first + n - 1).collect(),
-            LogitsAt::At(pairs) => pairs
-                .iter()
-                .map(|&(row, pos)| plan.index(row, pos))
-                .collect::<Result<_>>()?,
-        })
     }
 
     /// One decoder block over all new tokens, appending their keys/values to the caches.
@@ -428,5 +252,15 @@ impl Model {
         swiglu::swiglu(&gate_up, c.intermediate_size, &mut act);
         matmul::linear(&act, n, &b.down, &mut o);
         residual::add_inplace(h, &o);
+    }
+}
+
+impl crate::plan::CacheShape for KvCache {
+    fn num_layers(&self) -> usize {
+        KvCache::num_layers(self)
+    }
+
+    fn len(&self, layer: usize) -> usize {
+        KvCache::len(self, layer)
     }
 }

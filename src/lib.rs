@@ -15,6 +15,7 @@ pub mod hub;
 pub mod kv;
 pub mod model;
 pub mod patchscope;
+mod plan;
 pub mod report;
 pub mod stream;
 pub mod tokenizer;

@@ -23,9 +23,10 @@ use crate::backend::cpu::attention::{AttnShape, TokenAt};
 use crate::backend::cpu::matmul::Linear;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::forward::{Input, Logits, LogitsAt, Output, Request};
+use crate::forward::{Logits, LogitsAt, Output, Request};
 use crate::model::Model;
-use crate::stream::{Positions, Site, State, WriteOp};
+use crate::plan::{CacheShape, Init, Plan, StreamOps};
+use crate::stream::{Site, State, WriteOp};
 use cudarc::driver::{CudaSlice, ValidAsZeroBits};
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -432,55 +433,14 @@ fn kv_table<T: Elem>(dev: &Device, caches: &[CudaKvCache], layer: usize) -> Resu
 
 // ---- the pass --------------------------------------------------------------------------
 
-/// The new tokens of a pass, packed row after row (as in src/forward.rs).
-struct Plan {
-    tokens: Vec<TokenAt>,
-    /// Per row: index of its first token in `tokens`, and its token count.
-    rows: Vec<(usize, usize)>,
-}
-
-impl Plan {
-    fn span(&self, row: usize) -> Result<(usize, usize, usize)> {
-        let &(first, n) = self.rows.get(row).ok_or_else(|| {
-            Error::input(format!(
-                "row {row} out of range: the batch has {} rows",
-                self.rows.len()
-            ))
-        })?;
-        Ok((first, n, self.tokens[first].pos))
+impl CacheShape for CudaKvCache {
+    fn num_layers(&self) -> usize {
+        CudaKvCache::num_layers(self)
     }
 
-    fn index(&self, row: usize, pos: usize) -> Result<usize> {
-        let (first, n, p0) = self.span(row)?;
-        if pos < p0 || pos >= p0 + n {
-            return Err(Error::input(format!(
-                "position {pos} of row {row} is not computed in this pass (positions {p0}..{})",
-                p0 + n - 1
-            )));
-        }
-        Ok(first + pos - p0)
+    fn len(&self, layer: usize) -> usize {
+        CudaKvCache::len(self, layer)
     }
-
-    fn positions(&self, row: usize, sel: &Positions) -> Result<Vec<usize>> {
-        let (_, n, p0) = self.span(row)?;
-        let all = match sel {
-            Positions::All => (p0..p0 + n).collect(),
-            Positions::Last => vec![p0 + n - 1],
-            Positions::At(ps) => ps.clone(),
-        };
-        all.into_iter().map(|p| self.index(row, p)).collect()
-    }
-}
-
-/// Reads and writes resolved to token indices.
-struct StreamOps<'a> {
-    writes: Vec<(Site, usize, &'a WriteOp)>,
-    reads: Vec<(Site, usize)>,
-}
-
-enum Init {
-    Ids(Vec<u32>),
-    States(Vec<f32>),
 }
 
 /// Per-pass buffers of the blocks.
@@ -650,9 +610,10 @@ impl CudaModel {
         let c = &self.config;
         let dev = &*self.dev;
         let (l, d) = (c.num_layers, c.hidden_size);
-        let (start, plan, init) = self.prepare(caches, &req.input)?;
-        let ops = self.resolve_ops(req, start, &plan)?;
-        let logit_rows = logit_rows(&req.logits, &plan)?;
+        self.check_caches(caches)?;
+        let (start, plan, init) = Plan::new(&self.config, caches, &req.input)?;
+        let ops = plan.stream_ops(&self.config, req, start)?;
+        let logit_rows = plan.logit_rows(&req.logits)?;
         let n = plan.tokens.len();
 
         let mut h: CudaSlice<f32> = match init {
@@ -897,54 +858,10 @@ impl CudaModel {
         Ok(())
     }
 
-    /// Checks the input against the caches; returns the start site, the token plan and
-    /// what the stream starts from. Same checks and messages as the CPU pass.
-    fn prepare(&self, caches: &[CudaKvCache], input: &Input) -> Result<(Site, Plan, Init)> {
-        let c = &self.config;
-        let (site, starts, lens) = match input {
-            Input::Tokens(rows) => (
-                Site::Embed,
-                caches.iter().map(|kv| kv.len(0)).collect::<Vec<_>>(),
-                rows.iter().map(Vec::len).collect::<Vec<_>>(),
-            ),
-            Input::Hidden { site, rows } => {
-                site.check(c.num_layers)?;
-                let mut lens = Vec::with_capacity(rows.len());
-                for (r, row) in rows.iter().enumerate() {
-                    if row.states.is_empty() || row.states.len() % c.hidden_size != 0 {
-                        return Err(Error::input(format!(
-                            "row {r}: {} state values is not a positive multiple of hidden size {}",
-                            row.states.len(),
-                            c.hidden_size
-                        )));
-                    }
-                    lens.push(row.states.len() / c.hidden_size);
-                }
-                (*site, rows.iter().map(|r| r.start_pos).collect(), lens)
-            }
-        };
-        if lens.len() != caches.len() {
-            return Err(Error::input(format!(
-                "{} input rows but {} KV caches",
-                lens.len(),
-                caches.len()
-            )));
-        }
-        if lens.is_empty() {
-            return Err(Error::input("empty batch: no rows to run"));
-        }
-        let first_block = site.next_block(c.num_layers);
-        let mut plan = Plan {
-            tokens: Vec::new(),
-            rows: Vec::new(),
-        };
-        for (r, ((&p0, &n), kv)) in starts.iter().zip(&lens).zip(caches).enumerate() {
-            if n == 0 {
-                return Err(Error::input(format!(
-                    "row {r} is empty: a prompt needs at least one token"
-                )));
-            }
-            if kv.num_layers() != c.num_layers || kv.kv_dim != c.kv_dim() {
+    /// The checks only a device cache needs; the rest is the shared [`Plan`].
+    fn check_caches(&self, caches: &[CudaKvCache]) -> Result<()> {
+        for (r, kv) in caches.iter().enumerate() {
+            if kv.kv_dim != self.config.kv_dim() {
                 return Err(Error::input(format!(
                     "row {r}: KV cache is for another model"
                 )));
@@ -963,89 +880,9 @@ impl CudaModel {
                     self.dev.context().ordinal()
                 )));
             }
-            if let Some(l) = (first_block..c.num_layers).find(|&l| kv.len(l) != p0) {
-                return Err(Error::input(format!(
-                    "row {r}: new positions start at {p0} but block {l} has {} cached positions",
-                    kv.len(l)
-                )));
-            }
-            if p0 + n > c.max_position_embeddings {
-                return Err(Error::input(format!(
-                    "prompt too long: row {r} needs {} positions, the model allows {}",
-                    p0 + n,
-                    c.max_position_embeddings
-                )));
-            }
-            plan.rows.push((plan.tokens.len(), n));
-            plan.tokens
-                .extend((p0..p0 + n).map(|pos| TokenAt { row: r, pos }));
         }
-        let init = match input {
-            Input::Tokens(rows) => {
-                let ids: Vec<u32> = rows.concat();
-                if let Some(&bad) = ids.iter().find(|&&t| t as usize >= c.vocab_size) {
-                    return Err(Error::input(format!(
-                        "token id {bad} out of range: the vocabulary has {} tokens",
-                        c.vocab_size
-                    )));
-                }
-                Init::Ids(ids)
-            }
-            Input::Hidden { rows, .. } => {
-                Init::States(rows.iter().flat_map(|r| r.states.iter().copied()).collect())
-            }
-        };
-        Ok((site, plan, init))
+        Ok(())
     }
-
-    fn resolve_ops<'a>(&self, req: &'a Request, start: Site, plan: &Plan) -> Result<StreamOps<'a>> {
-        let l = self.config.num_layers;
-        let check_site = |site: Site| -> Result<()> {
-            site.check(l)?;
-            if site.order(l) < start.order(l) {
-                return Err(Error::input(format!(
-                    "site {site} comes before {start}, where this pass starts"
-                )));
-            }
-            Ok(())
-        };
-        let mut ops = StreamOps {
-            writes: Vec::new(),
-            reads: Vec::new(),
-        };
-        for w in &req.writes {
-            check_site(w.site)?;
-            let (WriteOp::Replace(v) | WriteOp::Add(v)) = &w.op;
-            if v.len() != self.config.hidden_size {
-                return Err(Error::input(format!(
-                    "write at {}: vector has {} values, hidden size is {}",
-                    w.site,
-                    v.len(),
-                    self.config.hidden_size
-                )));
-            }
-            ops.writes.push((w.site, plan.index(w.row, w.pos)?, &w.op));
-        }
-        for r in &req.reads {
-            check_site(r.site)?;
-            for t in plan.positions(r.row, &r.positions)? {
-                ops.reads.push((r.site, t));
-            }
-        }
-        Ok(ops)
-    }
-}
-
-fn logit_rows(at: &LogitsAt, plan: &Plan) -> Result<Vec<usize>> {
-    Ok(match at {
-        LogitsAt::None => Vec::new(),
-        LogitsAt::All => (0..plan.tokens.len()).collect(),
-        LogitsAt::Last => plan.rows.iter().map(|&(first, n)| first + n - 1).collect(),
-        LogitsAt::At(pairs) => pairs
-            .iter()
-            .map(|&(row, pos)| plan.index(row, pos))
-            .collect::<Result<_>>()?,
-    })
 }
 
 /// Rows `idx` of `src` ([rows, width]) into a new buffer [idx.len(), width].

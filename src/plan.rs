@@ -1,0 +1,215 @@
+//! What a forward pass will do, checked before any backend runs it: the new tokens
+//! (rows packed, each token with its row and absolute position), where reads and writes
+//! land, and which tokens get logits. Shared by the CPU and CUDA passes so that both
+//! accept the same requests and refuse bad ones with the same messages.
+
+use crate::backend::cpu::attention::TokenAt;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::forward::{Input, LogitsAt, Request};
+use crate::stream::{Positions, Site, WriteOp};
+
+/// The cache facts a plan depends on.
+pub(crate) trait CacheShape {
+    fn num_layers(&self) -> usize;
+    fn len(&self, layer: usize) -> usize;
+}
+
+/// The new tokens of a pass, packed row after row.
+pub(crate) struct Plan {
+    pub tokens: Vec<TokenAt>,
+    /// Per row: index of its first token in `tokens`, and its token count.
+    pub rows: Vec<(usize, usize)>,
+}
+
+/// What the stream starts from.
+pub(crate) enum Init {
+    Ids(Vec<u32>),
+    States(Vec<f32>),
+}
+
+/// Reads and writes resolved to token indices.
+pub(crate) struct StreamOps<'a> {
+    pub writes: Vec<(Site, usize, &'a WriteOp)>,
+    pub reads: Vec<(Site, usize)>,
+}
+
+impl Plan {
+    /// Checks the input against the caches; returns the start site, the plan and what
+    /// the stream starts from.
+    pub fn new<C: CacheShape>(
+        c: &Config,
+        caches: &[C],
+        input: &Input,
+    ) -> Result<(Site, Plan, Init)> {
+        let (site, starts, lens) = match input {
+            Input::Tokens(rows) => (
+                Site::Embed,
+                caches.iter().map(|kv| kv.len(0)).collect::<Vec<_>>(),
+                rows.iter().map(Vec::len).collect::<Vec<_>>(),
+            ),
+            Input::Hidden { site, rows } => {
+                site.check(c.num_layers)?;
+                let mut lens = Vec::with_capacity(rows.len());
+                for (r, row) in rows.iter().enumerate() {
+                    if row.states.is_empty() || row.states.len() % c.hidden_size != 0 {
+                        return Err(Error::input(format!(
+                            "row {r}: {} state values is not a positive multiple of hidden size {}",
+                            row.states.len(),
+                            c.hidden_size
+                        )));
+                    }
+                    lens.push(row.states.len() / c.hidden_size);
+                }
+                (*site, rows.iter().map(|r| r.start_pos).collect(), lens)
+            }
+        };
+        if lens.len() != caches.len() {
+            return Err(Error::input(format!(
+                "{} input rows but {} KV caches",
+                lens.len(),
+                caches.len()
+            )));
+        }
+        if lens.is_empty() {
+            return Err(Error::input("empty batch: no rows to run"));
+        }
+        let first_block = site.next_block(c.num_layers);
+        let mut plan = Plan {
+            tokens: Vec::new(),
+            rows: Vec::new(),
+        };
+        for (r, ((&p0, &n), kv)) in starts.iter().zip(&lens).zip(caches).enumerate() {
+            if n == 0 {
+                return Err(Error::input(format!(
+                    "row {r} is empty: a prompt needs at least one token"
+                )));
+            }
+            if kv.num_layers() != c.num_layers {
+                return Err(Error::input(format!(
+                    "row {r}: KV cache is for another model"
+                )));
+            }
+            if let Some(l) = (first_block..c.num_layers).find(|&l| kv.len(l) != p0) {
+                return Err(Error::input(format!(
+                    "row {r}: new positions start at {p0} but block {l} has {} cached positions",
+                    kv.len(l)
+                )));
+            }
+            if p0 + n > c.max_position_embeddings {
+                return Err(Error::input(format!(
+                    "prompt too long: row {r} needs {} positions, the model allows {}",
+                    p0 + n,
+                    c.max_position_embeddings
+                )));
+            }
+            plan.rows.push((plan.tokens.len(), n));
+            plan.tokens
+                .extend((p0..p0 + n).map(|pos| TokenAt { row: r, pos }));
+        }
+        let init = match input {
+            Input::Tokens(rows) => {
+                let ids: Vec<u32> = rows.concat();
+                if let Some(&bad) = ids.iter().find(|&&t| t as usize >= c.vocab_size) {
+                    return Err(Error::input(format!(
+                        "token id {bad} out of range: the vocabulary has {} tokens",
+                        c.vocab_size
+                    )));
+                }
+                Init::Ids(ids)
+            }
+            Input::Hidden { rows, .. } => {
+                Init::States(rows.iter().flat_map(|r| r.states.iter().copied()).collect())
+            }
+        };
+        Ok((site, plan, init))
+    }
+
+    /// Row `row`'s first token index, token count and first position.
+    fn span(&self, row: usize) -> Result<(usize, usize, usize)> {
+        let &(first, n) = self.rows.get(row).ok_or_else(|| {
+            Error::input(format!(
+                "row {row} out of range: the batch has {} rows",
+                self.rows.len()
+            ))
+        })?;
+        Ok((first, n, self.tokens[first].pos))
+    }
+
+    pub fn index(&self, row: usize, pos: usize) -> Result<usize> {
+        let (first, n, p0) = self.span(row)?;
+        if pos < p0 || pos >= p0 + n {
+            return Err(Error::input(format!(
+                "position {pos} of row {row} is not computed in this pass (positions {p0}..{})",
+                p0 + n - 1
+            )));
+        }
+        Ok(first + pos - p0)
+    }
+
+    fn positions(&self, row: usize, sel: &Positions) -> Result<Vec<usize>> {
+        let (_, n, p0) = self.span(row)?;
+        let all = match sel {
+            Positions::All => (p0..p0 + n).collect(),
+            Positions::Last => vec![p0 + n - 1],
+            Positions::At(ps) => ps.clone(),
+        };
+        all.into_iter().map(|p| self.index(row, p)).collect()
+    }
+
+    /// The request's reads and writes as token indices, checked against the pass.
+    pub fn stream_ops<'a>(
+        &self,
+        c: &Config,
+        req: &'a Request,
+        start: Site,
+    ) -> Result<StreamOps<'a>> {
+        let l = c.num_layers;
+        let check_site = |site: Site| -> Result<()> {
+            site.check(l)?;
+            if site.order(l) < start.order(l) {
+                return Err(Error::input(format!(
+                    "site {site} comes before {start}, where this pass starts"
+                )));
+            }
+            Ok(())
+        };
+        let mut ops = StreamOps {
+            writes: Vec::new(),
+            reads: Vec::new(),
+        };
+        for w in &req.writes {
+            check_site(w.site)?;
+            let (WriteOp::Replace(v) | WriteOp::Add(v)) = &w.op;
+            if v.len() != c.hidden_size {
+                return Err(Error::input(format!(
+                    "write at {}: vector has {} values, hidden size is {}",
+                    w.site,
+                    v.len(),
+                    c.hidden_size
+                )));
+            }
+            ops.writes.push((w.site, self.index(w.row, w.pos)?, &w.op));
+        }
+        for r in &req.reads {
+            check_site(r.site)?;
+            for t in self.positions(r.row, &r.positions)? {
+                ops.reads.push((r.site, t));
+            }
+        }
+        Ok(ops)
+    }
+
+    /// The tokens that get logits.
+    pub fn logit_rows(&self, at: &LogitsAt) -> Result<Vec<usize>> {
+        Ok(match at {
+            LogitsAt::None => Vec::new(),
+            LogitsAt::All => (0..self.tokens.len()).collect(),
+            LogitsAt::Last => self.rows.iter().map(|&(first, n)| first + n - 1).collect(),
+            LogitsAt::At(pairs) => pairs
+                .iter()
+                .map(|&(row, pos)| self.index(row, pos))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
