@@ -18,28 +18,36 @@ impl Model {
         max_new: usize,
     ) -> Result<Vec<Vec<u32>>> {
         let rows = caches.len();
-        let mut generated = vec![Vec::with_capacity(max_new); rows];
-        if max_new == 0 {
-            return Ok(generated);
-        }
-        let mut out = self.forward(caches, &first.logits(LogitsAt::Last))?;
-        loop {
-            let next: Vec<u32> = (0..rows)
+        greedy_loop(rows, first, max_new, |req| {
+            let out = self.forward(caches, req)?;
+            Ok((0..rows)
                 .map(|r| {
                     argmax(
                         out.last_logits(r)
                             .expect("LogitsAt::Last yields one per row"),
                     ) as u32
                 })
-                .collect();
-            for (g, &t) in generated.iter_mut().zip(&next) {
-                g.push(t);
-            }
-            if generated[0].len() == max_new {
-                return Ok(generated);
-            }
-            let step = Request::tokens(next.iter().map(|&t| vec![t]).collect());
-            out = self.forward(caches, &step)?;
-        }
+                .collect())
+        })
     }
+}
+
+/// The greedy loop of every backend: `argmax_of` runs a request (whose logits are asked at
+/// each row's last position) and returns each row's top token.
+pub(crate) fn greedy_loop(
+    rows: usize,
+    first: Request,
+    max_new: usize,
+    mut argmax_of: impl FnMut(&Request) -> Result<Vec<u32>>,
+) -> Result<Vec<Vec<u32>>> {
+    let mut generated = vec![Vec::with_capacity(max_new); rows];
+    let mut req = first.logits(LogitsAt::Last);
+    while generated.first().is_some_and(|g| g.len() < max_new) {
+        let next = argmax_of(&req)?;
+        for (g, &t) in generated.iter_mut().zip(&next) {
+            g.push(t);
+        }
+        req = Request::tokens(next.iter().map(|&t| vec![t]).collect());
+    }
+    Ok(generated)
 }

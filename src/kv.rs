@@ -3,7 +3,7 @@
 //! target prompt run once serves thousands of patched continuations.
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::sync::Arc;
 
 #[derive(Clone, Default)]
@@ -53,20 +53,7 @@ impl KvCache {
     /// A new cache that sees the first `lens[l]` positions of `self` in block l and appends
     /// its own positions after them. Nothing is copied.
     pub fn fork(self: &Arc<Self>, lens: &[usize]) -> Result<KvCache> {
-        if lens.len() != self.num_layers() {
-            return Err(Error::input(format!(
-                "fork: {} lengths given for {} blocks",
-                lens.len(),
-                self.num_layers()
-            )));
-        }
-        if let Some(l) = (0..lens.len()).find(|&l| lens[l] > self.len(l)) {
-            return Err(Error::input(format!(
-                "fork: block {l} has {} cached positions, {} asked",
-                self.len(l),
-                lens[l]
-            )));
-        }
+        crate::plan::check_fork(self.as_ref(), lens)?;
         Ok(KvCache {
             kv_dim: self.kv_dim,
             prefix: Some(Arc::clone(self)),

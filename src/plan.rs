@@ -15,6 +15,25 @@ pub(crate) trait CacheShape {
     fn len(&self, layer: usize) -> usize;
 }
 
+/// A fork may see at most what its parent holds, block by block.
+pub(crate) fn check_fork<C: CacheShape>(parent: &C, lens: &[usize]) -> Result<()> {
+    if lens.len() != parent.num_layers() {
+        return Err(Error::input(format!(
+            "fork: {} lengths given for {} blocks",
+            lens.len(),
+            parent.num_layers()
+        )));
+    }
+    if let Some(l) = (0..lens.len()).find(|&l| lens[l] > parent.len(l)) {
+        return Err(Error::input(format!(
+            "fork: block {l} has {} cached positions, {} asked",
+            parent.len(l),
+            lens[l]
+        )));
+    }
+    Ok(())
+}
+
 /// The new tokens of a pass, packed row after row.
 pub(crate) struct Plan {
     pub tokens: Vec<TokenAt>,

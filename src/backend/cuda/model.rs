@@ -23,7 +23,7 @@ use crate::backend::cpu::attention::{AttnShape, TokenAt};
 use crate::backend::cpu::matmul::Linear;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::forward::{Logits, LogitsAt, Output, Request};
+use crate::forward::{Logits, Output, Request};
 use crate::model::Model;
 use crate::plan::{CacheShape, Init, Plan, StreamOps};
 use crate::stream::{Site, State, WriteOp};
@@ -298,20 +298,7 @@ impl CudaKvCache {
     /// A new cache that sees the first `lens[l]` positions of `self` in block l and appends
     /// its own positions after them. Nothing is copied. `self` must not be a fork itself.
     pub fn fork(self: &Arc<Self>, lens: &[usize]) -> Result<CudaKvCache> {
-        if lens.len() != self.num_layers() {
-            return Err(Error::input(format!(
-                "fork: {} lengths given for {} blocks",
-                lens.len(),
-                self.num_layers()
-            )));
-        }
-        if let Some(l) = (0..lens.len()).find(|&l| lens[l] > self.len(l)) {
-            return Err(Error::input(format!(
-                "fork: block {l} has {} cached positions, {} asked",
-                self.len(l),
-                lens[l]
-            )));
-        }
+        crate::plan::check_fork(self.as_ref(), lens)?;
         if self.prefix.is_some() {
             return Err(Error::input(
                 "fork: this GPU KV cache is itself a fork; the CUDA backend supports one \
@@ -568,28 +555,16 @@ impl CudaModel {
         max_new: usize,
     ) -> Result<Vec<Vec<u32>>> {
         let rows = caches.len();
-        let mut generated = vec![Vec::with_capacity(max_new); rows];
-        if max_new == 0 {
-            return Ok(generated);
-        }
-        let mut pass = self.run(caches, &first.logits(LogitsAt::Last))?;
-        loop {
+        crate::generate::greedy_loop(rows, first, max_new, |req| {
+            let pass = self.run(caches, req)?;
             let (logits, _) = pass
                 .logits
                 .as_ref()
                 .expect("LogitsAt::Last yields one per row");
             let mut ids: CudaSlice<u32> = self.dev.zeros(rows)?;
             k::argmax(&self.dev, logits, self.config.vocab_size, &mut ids)?;
-            let next = self.dev.download(&ids)?;
-            for (g, &t) in generated.iter_mut().zip(&next) {
-                g.push(t);
-            }
-            if generated[0].len() == max_new {
-                return Ok(generated);
-            }
-            let step = Request::tokens(next.iter().map(|&t| vec![t]).collect());
-            pass = self.run(caches, &step)?;
-        }
+            self.dev.download(&ids)
+        })
     }
 
     fn run(&self, caches: &mut [CudaKvCache], req: &Request) -> Result<Pass> {
