@@ -4,6 +4,21 @@
 //! Data flows one way: [`hub`] finds the files, [`config`], [`weights`] and [`tokenizer`]
 //! read them into a [`model::Model`], the [`backend`] supplies the ops, and [`forward`]
 //! runs the pass with the reads and writes of [`stream`] against the caches of [`kv`].
+//!
+//! ```no_run
+//! use qwen_scope::{LogitsAt, Model, Positions, Request, Site, WriteOp};
+//!
+//! let model = Model::load("models/smollm2-135m", None)?;
+//! let ids = model.tokenizer.encode("The capital of France is")?;
+//! let steer = vec![0.1f32; model.config.hidden_size];
+//! let req = Request::tokens(vec![ids])
+//!     .read(Site::BlockOut(12), 0, Positions::Last) // read after block 12
+//!     .write(Site::BlockOut(5), 0, 2, WriteOp::Add(steer)) // add a vector after block 5
+//!     .logits(LogitsAt::Last);
+//! let out = model.forward(&mut [model.new_cache()], &req)?;
+//! let after_block_12 = out.state(Site::BlockOut(12), 0, 4);
+//! # Ok::<(), qwen_scope::Error>(())
+//! ```
 
 pub mod backend;
 pub mod config;
