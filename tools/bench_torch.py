@@ -50,15 +50,9 @@ import tokenizers
 import torch
 import transformers
 
-TARGET_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
-MASK64 = (1 << 64) - 1
-
-
-def splitmix64(x: int) -> int:
-    z = (x + 0x9E3779B97F4A7C15) & MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    return z ^ (z >> 31)
+# the protocol's target prompt and seeded positions, shared with the reference sweep
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reference_sweep import TARGET_PROMPT, splitmix64  # noqa: E402
 
 
 def _cache_kw(model):

@@ -105,67 +105,44 @@ impl Elem for f32 {
     }
 }
 
-impl Elem for f16 {
-    fn from_f32(v: &[f32]) -> Vec<Self> {
-        v.iter().map(|&x| f16::from_f32(x)).collect()
-    }
-    fn to_f32(v: Vec<Self>) -> Vec<f32> {
-        v.into_iter().map(f16::to_f32).collect()
-    }
-    fn get(b: &Buf) -> Option<&CudaSlice<Self>> {
-        match b {
-            Buf::F16(s) => Some(s),
-            _ => None,
+/// The half types differ only in their enum variants: one impl for both.
+macro_rules! half_elem {
+    ($t:ty, $variant:ident) => {
+        impl Elem for $t {
+            fn from_f32(v: &[f32]) -> Vec<Self> {
+                v.iter().map(|&x| <$t>::from_f32(x)).collect()
+            }
+            fn to_f32(v: Vec<Self>) -> Vec<f32> {
+                v.into_iter().map(<$t>::to_f32).collect()
+            }
+            fn get(b: &Buf) -> Option<&CudaSlice<Self>> {
+                match b {
+                    Buf::$variant(s) => Some(s),
+                    _ => None,
+                }
+            }
+            fn wrap(s: CudaSlice<Self>) -> Buf {
+                Buf::$variant(s)
+            }
+            fn weights(w: &WeightSet) -> Option<&Weights<Self>> {
+                match w {
+                    WeightSet::$variant(w) => Some(w),
+                    _ => None,
+                }
+            }
+            fn gemm_input<'a>(
+                dev: &Device,
+                x: &'a CudaSlice<f32>,
+                tmp: &'a mut Option<CudaSlice<Self>>,
+            ) -> Result<&'a CudaSlice<Self>> {
+                cast_into(dev, x, tmp)
+            }
         }
-    }
-    fn wrap(s: CudaSlice<Self>) -> Buf {
-        Buf::F16(s)
-    }
-    fn weights(w: &WeightSet) -> Option<&Weights<Self>> {
-        match w {
-            WeightSet::F16(w) => Some(w),
-            _ => None,
-        }
-    }
-    fn gemm_input<'a>(
-        dev: &Device,
-        x: &'a CudaSlice<f32>,
-        tmp: &'a mut Option<CudaSlice<Self>>,
-    ) -> Result<&'a CudaSlice<Self>> {
-        cast_into(dev, x, tmp)
-    }
+    };
 }
 
-impl Elem for bf16 {
-    fn from_f32(v: &[f32]) -> Vec<Self> {
-        v.iter().map(|&x| bf16::from_f32(x)).collect()
-    }
-    fn to_f32(v: Vec<Self>) -> Vec<f32> {
-        v.into_iter().map(bf16::to_f32).collect()
-    }
-    fn get(b: &Buf) -> Option<&CudaSlice<Self>> {
-        match b {
-            Buf::BF16(s) => Some(s),
-            _ => None,
-        }
-    }
-    fn wrap(s: CudaSlice<Self>) -> Buf {
-        Buf::BF16(s)
-    }
-    fn weights(w: &WeightSet) -> Option<&Weights<Self>> {
-        match w {
-            WeightSet::BF16(w) => Some(w),
-            _ => None,
-        }
-    }
-    fn gemm_input<'a>(
-        dev: &Device,
-        x: &'a CudaSlice<f32>,
-        tmp: &'a mut Option<CudaSlice<Self>>,
-    ) -> Result<&'a CudaSlice<Self>> {
-        cast_into(dev, x, tmp)
-    }
-}
+half_elem!(f16, F16);
+half_elem!(bf16, BF16);
 
 // ---- weights ---------------------------------------------------------------------------
 
