@@ -23,6 +23,7 @@
 pub mod backend;
 pub mod config;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod forward;
 pub mod generate;
@@ -37,6 +38,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, Config};
+pub use engine::{Cache, Engine};
 pub use error::{Error, Result};
 pub use forward::{HiddenRow, Input, Logits, LogitsAt, Output, Request};
 pub use kv::KvCache;

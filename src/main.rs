@@ -2,10 +2,13 @@
 
 mod cli;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use qwen_scope::backend::cuda::{CudaModel, DType, Device};
 use qwen_scope::Model;
 use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -27,10 +30,119 @@ struct ModelArgs {
     /// Hub revision (branch, tag or commit) when --model is a repo id.
     #[arg(long)]
     revision: Option<String>,
+    /// Where the pass runs: cpu, cuda (GPU 0), cuda:N, or auto (GPU 0 when one is usable,
+    /// else the CPU).
+    #[arg(long, default_value = "auto", env = "QWEN_SCOPE_DEVICE")]
+    device: DeviceSpec,
+    /// Weight type on the GPU: f32 (exact comparisons), f16, bf16 (sm_80 and newer), or
+    /// auto (bf16 for bf16 checkpoints on sm_80+, else f16). The residual stream and all
+    /// accumulation stay f32. The CPU backend is always f32.
+    #[arg(long, default_value = "auto")]
+    dtype: DTypeSpec,
+}
+
+#[derive(Clone, Copy)]
+enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+    Auto,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "auto" => Ok(DeviceSpec::Auto),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("unknown device {s:?}: use cpu, cuda, cuda:N or auto")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DTypeSpec {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DTypeSpec {
+    fn resolve(self, model: &Model, dev: &Device) -> DType {
+        match self {
+            DTypeSpec::F32 => DType::F32,
+            DTypeSpec::F16 => DType::F16,
+            DTypeSpec::Bf16 => DType::BF16,
+            DTypeSpec::Auto => {
+                let bf16_checkpoint = model.config.dtype.as_deref() == Some("bfloat16");
+                if bf16_checkpoint && dev.compute_capability().0 >= 8 {
+                    DType::BF16
+                } else {
+                    DType::F16
+                }
+            }
+        }
+    }
+}
+
+/// A model on the backend the user chose.
+enum Loaded {
+    Cpu(Model),
+    Cuda(CudaModel),
+}
+
+/// Runs `$body` with `$m` bound to the loaded model, whichever backend holds it.
+macro_rules! with_engine {
+    ($args:expr, |$m:ident| $body:expr) => {
+        match $args.load()? {
+            Loaded::Cpu(model) => {
+                let $m = &model;
+                $body
+            }
+            Loaded::Cuda(model) => {
+                let $m = &model;
+                $body
+            }
+        }
+    };
 }
 
 impl ModelArgs {
-    fn load(&self) -> Result<Model> {
+    fn load(&self) -> Result<Loaded> {
+        let host = self.load_host()?;
+        let device = match self.device {
+            DeviceSpec::Cpu => {
+                if !matches!(self.dtype, DTypeSpec::Auto | DTypeSpec::F32) {
+                    bail!("--dtype applies to GPUs only: the CPU backend runs in f32");
+                }
+                return Ok(Loaded::Cpu(host));
+            }
+            DeviceSpec::Cuda(n) => Device::new(n)?,
+            DeviceSpec::Auto => match Device::new(0) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("note: no usable GPU ({e}); running on the CPU in f32");
+                    return Ok(Loaded::Cpu(host));
+                }
+            },
+        };
+        let t = Instant::now();
+        let dtype = self.dtype.resolve(&host, &device);
+        let model = CudaModel::new(&host, Arc::new(device), dtype)?;
+        eprintln!(
+            "uploaded to {} in {:.2}s",
+            qwen_scope::Engine::describe(&model),
+            t.elapsed().as_secs_f64()
+        );
+        Ok(Loaded::Cuda(model))
+    }
+
+    fn load_host(&self) -> Result<Model> {
         let t = Instant::now();
         let model = Model::load(&self.model, self.revision.as_deref())
             .with_context(|| format!("cannot load model {}", self.model))?;
@@ -130,23 +242,29 @@ fn run(command: Command) -> Result<()> {
             prompt,
             out,
             top_k,
-        } => cli::forward::forward(&model.load()?, &prompt, &out, top_k),
+        } => with_engine!(model, |m| cli::forward::forward(m, &prompt, &out, top_k)),
         Command::Generate {
             model,
             prompt,
             max_new,
-        } => cli::forward::generate(&model.load()?, &prompt, max_new),
-        Command::Sweep { model, sweep } => cli::sweep::sweep(&model.load()?, &model.model, &sweep),
-        Command::Attributes { model, attributes } => {
-            cli::attributes::attributes(&model.load()?, &model.model, &attributes)
+        } => with_engine!(model, |m| cli::forward::generate(m, &prompt, max_new)),
+        Command::Sweep { model, sweep } => {
+            with_engine!(model, |m| cli::sweep::sweep(m, &model.model, &sweep))
         }
-        Command::Inspect { model, inspect } => cli::inspect::inspect(&model.load()?, &inspect),
+        Command::Attributes { model, attributes } => with_engine!(model, |m| {
+            cli::attributes::attributes(m, &model.model, &attributes)
+        }),
+        Command::Inspect { model, inspect } => {
+            with_engine!(model, |m| cli::inspect::inspect(m, &inspect))
+        }
         Command::Bench {
             model,
             tokens,
             batch,
             decode,
             repeat,
-        } => cli::bench::bench(&model.load()?, tokens, batch, decode, repeat),
+        } => with_engine!(model, |m| cli::bench::bench(
+            m, tokens, batch, decode, repeat
+        )),
     }
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 /// Byte span of each token in the encoded text.
 pub type Offsets = Vec<(usize, usize)>;
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
 }

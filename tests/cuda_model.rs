@@ -626,6 +626,88 @@ fn half_modes_track_the_f32_cpu_pass() {
     }
 }
 
+// ---- the patchscope layer on the GPU -----------------------------------------------------
+
+/// The next-token sweep (fast path: shared target prefix, forks, hidden starts, batched
+/// cells) and a patched generation run on the GPU give the CPU's results: the same
+/// predictions in every cell and surprisals within 1e-3 in f32.
+#[test]
+fn f32_patchscopes_match_cpu() {
+    use qwen_scope::patchscope::next_token::{fit_tuned_lens, lens_rows, run_sources, NextToken};
+    use qwen_scope::patchscope::{target::Target, TOKEN_IDENTITY_PROMPT};
+    let Some(dev) = device("f32_patchscopes_match_cpu") else {
+        return;
+    };
+    let prompts = [
+        "The old lighthouse keeper counted the ships every night.",
+        "Fresh bread smells best early in the morning.",
+        "In 1969, two astronauts walked on the Moon.",
+        "Rivers carry sand and stones down to the sea.",
+        "A prime number has exactly two divisors.",
+    ];
+    for name in MODELS {
+        let host = load(name);
+        let m = gpu(&host, &dev, DType::F32);
+        let encoded: Vec<(usize, Vec<u32>)> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, host.tokenizer.encode(p).unwrap()))
+            .collect();
+        let (train, val) = encoded.split_at(2);
+        let tuned = fit_tuned_lens(&lens_rows(&host, train, 5, true).unwrap()).unwrap();
+        let run = |cpu: bool| {
+            if cpu {
+                let nt = NextToken::new(&host, TOKEN_IDENTITY_PROMPT, tuned.clone(), true).unwrap();
+                nt.evaluate(&run_sources(&host, val, 5).unwrap()).unwrap()
+            } else {
+                let nt = NextToken::new(&m, TOKEN_IDENTITY_PROMPT, tuned.clone(), true).unwrap();
+                nt.evaluate(&run_sources(&m, val, 5).unwrap()).unwrap()
+            }
+        };
+        let (want, got) = (run(true), run(false));
+        let mut cells = 0;
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!((g.position, g.source_top1), (w.position, w.source_top1));
+            let pairs = g
+                .token_identity
+                .iter()
+                .flatten()
+                .zip(w.token_identity.iter().flatten())
+                .chain(g.logit_lens.iter().zip(&w.logit_lens))
+                .chain(g.tuned_lens.iter().zip(&w.tuned_lens));
+            for (a, b) in pairs {
+                assert_eq!(a.pred, b.pred, "{name} sample {}", g.index);
+                assert!(
+                    (a.surprisal - b.surprisal).abs() <= 1e-3,
+                    "{name} sample {}: surprisal {} vs {}",
+                    g.index,
+                    a.surprisal,
+                    b.surprisal
+                );
+                cells += 1;
+            }
+        }
+        // a patched generation from the shared target, as the attribute experiment runs it
+        let tokens = host
+            .tokenizer
+            .encode("Syria: Syria; leaf: leaf; x")
+            .unwrap();
+        let pos = tokens.len() - 1;
+        let states = vec![vector(3, host.config.hidden_size, 2.0); 2];
+        let site = Site::BlockOut(1);
+        let cpu = Target::new(&host, tokens.clone(), pos)
+            .and_then(|t| t.generate(&host, site, states.clone(), 6))
+            .unwrap();
+        let dev_gen = Target::new(&m, tokens, pos)
+            .and_then(|t| t.generate(&m, site, states, 6))
+            .unwrap();
+        assert_eq!(dev_gen, cpu, "{name}: patched generation");
+        say(&format!(
+            "{name}: {cells} sweep cells and a patched generation equal the CPU's"
+        ));
+    }
+}
+
 // ---- transformers parity on Qwen2-0.5B shapes (tools/gpu_parity.py) --------------------
 
 /// Tensors of a safetensors file as f32 (F32 and I64 only), with shapes.

@@ -209,6 +209,43 @@ fn cli_reports_errors_with_non_zero_exit() {
 }
 
 #[test]
+fn cli_device_flags_are_checked() {
+    let tiny = common::fixture("tiny-qwen2");
+    let tiny = tiny.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            tiny,
+            "--prompt",
+            "hi",
+            "--max-new",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let (code, err) = run(&["--device", "tpu"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown device \"tpu\""), "{err}");
+    let (code, err) = run(&["--device", "cpu", "--dtype", "f16"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--dtype applies to GPUs only"), "{err}");
+    // auto falls back to the CPU where no GPU is usable, and says so
+    let (code, err) = run(&["--device", "auto"]);
+    assert_eq!(code, 0, "{err}");
+    if !common::gpu_usable() {
+        assert!(err.contains("running on the CPU"), "{err}");
+        // an explicit GPU request fails with the reason instead
+        let (code, err) = run(&["--device", "cuda:0"]);
+        assert_ne!(code, 0);
+        assert!(err.contains("CUDA") || err.contains("nvcc"), "{err}");
+    }
+    let (code, err) = run(&["--device", "cuda:99"]);
+    assert_ne!(code, 0, "{err}");
+}
+
+#[test]
 fn cli_forward_dump_matches_the_library() {
     let tiny = common::fixture("tiny-qwen2");
     let out = tempfile::tempdir().unwrap();

@@ -214,7 +214,7 @@ fn shared_target_generation_equals_whole_prompt_generation() {
         "Here x is the word, said the old man",
     ] {
         let tokens = model.tokenizer.encode(prompt).unwrap();
-        let pos = placeholder_position(&model, &tokens).unwrap();
+        let pos = placeholder_position(&model.tokenizer, &tokens).unwrap();
         let target = Target::new(&model, tokens.clone(), pos).unwrap();
         for l in 0..num_layers {
             for lt in 0..num_layers {

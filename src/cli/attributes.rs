@@ -5,7 +5,7 @@ use super::sweep::progress;
 use anyhow::{ensure, Context, Result};
 use qwen_scope::patchscope::attributes::{load_relation, parse_layers, Attributes, RowResult};
 use qwen_scope::report::{journal::Journal, plot, write_atomic};
-use qwen_scope::Model;
+use qwen_scope::Engine;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -46,7 +46,7 @@ struct Record {
     result: RowResult,
 }
 
-pub fn attributes(model: &Model, model_name: &str, a: &AttributesArgs) -> Result<()> {
+pub fn attributes<E: Engine>(model: &E, model_name: &str, a: &AttributesArgs) -> Result<()> {
     let num_layers = model.num_layers();
     let exp = Attributes {
         model,
@@ -64,6 +64,7 @@ pub fn attributes(model: &Model, model_name: &str, a: &AttributesArgs) -> Result
     let run = serde_json::json!({
         "experiment": "attributes",
         "model": model_name,
+        "device": model.describe(),
         "relations": a.relations.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "target": a.target,
         "source_layers": exp.source_layers,
@@ -111,10 +112,10 @@ pub fn attributes(model: &Model, model_name: &str, a: &AttributesArgs) -> Result
     report(&a.out, &run, &exp, &done, num_layers)
 }
 
-fn report(
+fn report<E: Engine>(
     out: &std::path::Path,
     run: &serde_json::Value,
-    exp: &Attributes,
+    exp: &Attributes<E>,
     done: &[Record],
     num_layers: usize,
 ) -> Result<()> {

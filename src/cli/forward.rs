@@ -2,16 +2,16 @@
 
 use anyhow::{bail, Context, Result};
 use qwen_scope::backend::cpu::logits::{log_softmax, top_k};
-use qwen_scope::{LogitsAt, Model, Positions, Request, Site};
+use qwen_scope::{Engine, LogitsAt, Positions, Request, Site};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-pub fn encode_all(model: &Model, prompts: &[String]) -> Result<Vec<Vec<u32>>> {
+pub fn encode_all<E: Engine>(model: &E, prompts: &[String]) -> Result<Vec<Vec<u32>>> {
     prompts
         .iter()
         .map(|p| {
-            let ids = model.tokenizer.encode(p)?;
+            let ids = model.tokenizer().encode(p)?;
             if ids.is_empty() {
                 bail!("empty prompt: {p:?} has no tokens");
             }
@@ -20,7 +20,7 @@ pub fn encode_all(model: &Model, prompts: &[String]) -> Result<Vec<Vec<u32>>> {
         .collect()
 }
 
-pub fn forward(model: &Model, prompts: &[String], out: &Path, k: usize) -> Result<()> {
+pub fn forward<E: Engine>(model: &E, prompts: &[String], out: &Path, k: usize) -> Result<()> {
     let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
     if !matches!(ext, "safetensors" | "json") {
         bail!(
@@ -58,7 +58,7 @@ pub fn forward(model: &Model, prompts: &[String], out: &Path, k: usize) -> Resul
             .collect();
         tensors.insert(
             format!("row{r}.logits"),
-            (vec![t, model.config.vocab_size], logits),
+            (vec![t, model.config().vocab_size], logits),
         );
         for &s in &sites {
             let vals: Vec<f32> = (0..t)
@@ -66,7 +66,7 @@ pub fn forward(model: &Model, prompts: &[String], out: &Path, k: usize) -> Resul
                 .collect();
             tensors.insert(
                 format!("row{r}.{s}"),
-                (vec![t, model.config.hidden_size], vals),
+                (vec![t, model.config().hidden_size], vals),
             );
         }
         let last = res.last_logits(r).expect("logits");
@@ -77,7 +77,7 @@ pub fn forward(model: &Model, prompts: &[String], out: &Path, k: usize) -> Resul
                 "  {:>8.4}  {:>6}  {:?}",
                 lp[id],
                 id,
-                model.tokenizer.decode(&[id as u32])?
+                model.tokenizer().decode(&[id as u32])?
             );
         }
     }
@@ -108,13 +108,13 @@ pub fn forward(model: &Model, prompts: &[String], out: &Path, k: usize) -> Resul
     Ok(())
 }
 
-pub fn generate(model: &Model, prompt: &str, max_new: usize) -> Result<()> {
+pub fn generate<E: Engine>(model: &E, prompt: &str, max_new: usize) -> Result<()> {
     let rows = encode_all(model, &[prompt.to_string()])?;
     let mut caches = vec![model.new_cache()];
     let t = Instant::now();
     let new = model.greedy(&mut caches, Request::tokens(rows), max_new)?;
     let secs = t.elapsed().as_secs_f64();
-    println!("{}{}", prompt, model.tokenizer.decode(&new[0])?);
+    println!("{}{}", prompt, model.tokenizer().decode(&new[0])?);
     eprintln!("{} tokens in {secs:.2}s", new[0].len());
     Ok(())
 }

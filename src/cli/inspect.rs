@@ -6,7 +6,7 @@ use qwen_scope::patchscope::attributes::{parse_layers, placeholder_position};
 use qwen_scope::patchscope::mapping::{load_affines, Mapping};
 use qwen_scope::patchscope::target::Target;
 use qwen_scope::patchscope::{source_site, target_site, ENTITY_DESCRIPTION_PROMPT};
-use qwen_scope::{LogitsAt, Model, Positions, Request};
+use qwen_scope::{Engine, LogitsAt, Positions, Request};
 
 #[derive(clap::Args)]
 pub struct InspectArgs {
@@ -33,13 +33,13 @@ pub struct InspectArgs {
     pub mapping: Option<std::path::PathBuf>,
 }
 
-pub fn inspect(model: &Model, a: &InspectArgs) -> Result<()> {
+pub fn inspect<E: Engine>(model: &E, a: &InspectArgs) -> Result<()> {
     let num_layers = model.num_layers();
     let layers = parse_layers(&a.layers, num_layers)?;
     if let Some(t) = a.target_layer {
-        model.config.check_layer(t)?;
+        model.config().check_layer(t)?;
     }
-    let tokens = model.tokenizer.encode(&a.source)?;
+    let tokens = model.tokenizer().encode(&a.source)?;
     if tokens.is_empty() {
         bail!("empty source text");
     }
@@ -58,12 +58,12 @@ pub fn inspect(model: &Model, a: &InspectArgs) -> Result<()> {
     let pos = pos as usize;
     let maps = a.mapping.as_deref().map(load_affines).transpose()?;
     if let Some(m) = &maps {
-        if m.len() != num_layers || m[0].inp != model.config.hidden_size {
+        if m.len() != num_layers || m[0].inp != model.config().hidden_size {
             bail!(
                 "--mapping holds {} maps of width {}; the model has {num_layers} layers of width {}",
                 m.len(),
                 m[0].inp,
-                model.config.hidden_size
+                model.config().hidden_size
             );
         }
     }
@@ -72,12 +72,12 @@ pub fn inspect(model: &Model, a: &InspectArgs) -> Result<()> {
         req = req.read(source_site(l, num_layers), 0, Positions::Last);
     }
     let out = model.forward(&mut [model.new_cache()], &req)?;
-    let target_tokens = model.tokenizer.encode(&a.target)?;
-    let patch_pos = placeholder_position(model, &target_tokens)?;
+    let target_tokens = model.tokenizer().encode(&a.target)?;
+    let patch_pos = placeholder_position(model.tokenizer(), &target_tokens)?;
     let target = Target::new(model, target_tokens, patch_pos)?;
     println!(
         "source token {pos} = {:?}; target placeholder at token {patch_pos}",
-        model.tokenizer.decode(&[tokens[pos]])?
+        model.tokenizer().decode(&[tokens[pos]])?
     );
     for &l in &layers {
         let lt = a.target_layer.unwrap_or(l);
@@ -94,7 +94,7 @@ pub fn inspect(model: &Model, a: &InspectArgs) -> Result<()> {
             vec![state],
             a.max_new,
         )?;
-        let text = model.tokenizer.decode(&generated[0])?;
+        let text = model.tokenizer().decode(&generated[0])?;
         println!("layer {l:>2} -> {lt:>2}: {:?}", text);
     }
     Ok(())

@@ -6,10 +6,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use qwen_scope::data::{load_prompts, parse_lines, DEFAULT_PROMPTS};
 use qwen_scope::patchscope::mapping::{load_affines, save_affines, Affine};
 use qwen_scope::patchscope::next_token::{
-    fit_tuned_lens, lens_rows, run_sources, LensRows, NextToken, SampleResult,
+    fit_tuned_lens, lens_rows, run_sources, LensRows, NextToken, PhaseTimes, SampleResult,
 };
 use qwen_scope::report::{journal::Journal, plot, summary, write_atomic};
-use qwen_scope::Model;
+use qwen_scope::Engine;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -59,7 +59,7 @@ pub enum LensPositions {
     All,
 }
 
-pub fn sweep(model: &Model, model_name: &str, a: &SweepArgs) -> Result<()> {
+pub fn sweep<E: Engine>(model: &E, model_name: &str, a: &SweepArgs) -> Result<()> {
     let prompts = match &a.prompts {
         Some(p) => load_prompts(p)?,
         None => parse_lines(DEFAULT_PROMPTS),
@@ -81,6 +81,7 @@ pub fn sweep(model: &Model, model_name: &str, a: &SweepArgs) -> Result<()> {
     let run = serde_json::json!({
         "experiment": "next_token",
         "model": model_name,
+        "device": model.describe(),
         "num_layers": model.num_layers(),
         "prompts": a.prompts.as_ref().map(|p| p.display().to_string()).unwrap_or("default".into()),
         "prompts_digest": digest(&prompts[..train + val]),
@@ -97,7 +98,7 @@ pub fn sweep(model: &Model, model_name: &str, a: &SweepArgs) -> Result<()> {
     let encode = |range: std::ops::Range<usize>| -> Result<Vec<(usize, Vec<u32>)>> {
         range
             .map(|i| {
-                let t = model.tokenizer.encode(&prompts[i])?;
+                let t = model.tokenizer().encode(&prompts[i])?;
                 ensure!(!t.is_empty(), "prompt {i} has no tokens");
                 Ok((i, t))
             })
@@ -120,6 +121,7 @@ pub fn sweep(model: &Model, model_name: &str, a: &SweepArgs) -> Result<()> {
     }
     let bar = progress(todo.len(), "evaluating");
     let started = Instant::now();
+    let mut times = PhaseTimes::default();
     for chunk in todo.chunks(a.batch) {
         let batch = if a.reference {
             chunk
@@ -127,7 +129,10 @@ pub fn sweep(model: &Model, model_name: &str, a: &SweepArgs) -> Result<()> {
                 .map(|(i, t)| experiment.evaluate_reference(*i, t, a.seed))
                 .collect::<qwen_scope::Result<Vec<_>>>()?
         } else {
-            experiment.evaluate(&run_sources(model, chunk, a.seed)?)?
+            let t = Instant::now();
+            let sources = run_sources(model, chunk, a.seed)?;
+            times.sources += t.elapsed();
+            experiment.evaluate_timed(&sources, &mut times)?
         };
         journal.append(&batch)?;
         results.extend(batch);
@@ -142,8 +147,29 @@ pub fn sweep(model: &Model, model_name: &str, a: &SweepArgs) -> Result<()> {
         todo.len() * cells_per_sample,
         (todo.len() * cells_per_sample) as f64 / secs.max(1e-9)
     );
+    if !a.reference && !todo.is_empty() {
+        report_phases(&times, todo.len(), model.num_layers(), a.grid);
+    }
     results.sort_by_key(|r| r.index);
     write_reports(model, &a.out, &run, &results, a.grid)
+}
+
+/// Prints where the fast path's time went, and the token-identity patchscope's own
+/// throughput: its cells over the source passes plus its batched target passes.
+fn report_phases(t: &PhaseTimes, samples: usize, num_layers: usize, grid: bool) {
+    let ti_cells = samples * num_layers * if grid { num_layers } else { 1 };
+    let ti_secs = (t.sources + t.token_identity).as_secs_f64();
+    eprintln!(
+        "time by phase: source passes {:.2}s, token identity {:.2}s, logit lens {:.2}s, tuned lens {:.2}s",
+        t.sources.as_secs_f64(),
+        t.token_identity.as_secs_f64(),
+        t.logit_lens.as_secs_f64(),
+        t.tuned_lens.as_secs_f64()
+    );
+    eprintln!(
+        "token identity alone: {ti_cells} cells in {ti_secs:.3}s (source passes included): {:.1} cells/s",
+        ti_cells as f64 / ti_secs.max(1e-9)
+    );
 }
 
 /// Creates the results folder; refuses to mix runs: a different run there needs a new
@@ -177,8 +203,8 @@ pub fn prepare_out(out: &Path, run: &serde_json::Value, resume: bool) -> Result<
 }
 
 /// Fits the tuned lens on the training prompts, or reloads the fit of the run being resumed.
-fn tuned_lens(
-    model: &Model,
+fn tuned_lens<E: Engine>(
+    model: &E,
     train: &[(usize, Vec<u32>)],
     a: &SweepArgs,
     path: &Path,
@@ -195,7 +221,7 @@ fn tuned_lens(
     }
     bar.finish_and_clear();
     let n = rows.targets.len();
-    let unknowns = model.config.hidden_size + 1;
+    let unknowns = model.config().hidden_size + 1;
     if n < unknowns {
         eprintln!(
             "warning: the tuned lens is under-determined ({n} training rows for {unknowns} unknowns per output): \
@@ -213,14 +239,14 @@ fn tuned_lens(
     Ok(maps)
 }
 
-fn write_reports(
-    model: &Model,
+fn write_reports<E: Engine>(
+    model: &E,
     out: &Path,
     run: &serde_json::Value,
     results: &[SampleResult],
     grid: bool,
 ) -> Result<()> {
-    let decode = |t: u32| model.tokenizer.decode(&[t]).unwrap_or_default();
+    let decode = |t: u32| model.tokenizer().decode(&[t]).unwrap_or_default();
     let sum = summary::summarize(results);
     summary::write_samples_csv(&out.join("samples.csv"), results, &decode)?;
     summary::write_summary_csv(&out.join("summary.csv"), &sum)?;

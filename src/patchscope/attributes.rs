@@ -8,10 +8,11 @@
 
 use super::target::Target;
 use super::{source_site, target_site};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::forward::{LogitsAt, Request};
-use crate::model::Model;
 use crate::stream::Positions;
+use crate::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -170,10 +171,10 @@ pub fn token_ending_at(offsets: &[(usize, usize)], end: usize) -> Option<usize> 
 }
 
 /// The position of the placeholder token in a tokenized target prompt (the last one).
-pub fn placeholder_position(model: &Model, tokens: &[u32]) -> Result<usize> {
+pub fn placeholder_position(tokenizer: &Tokenizer, tokens: &[u32]) -> Result<usize> {
     let texts = tokens
         .iter()
-        .map(|&t| model.tokenizer.decode(&[t]))
+        .map(|&t| tokenizer.decode(&[t]))
         .collect::<Result<Vec<_>>>()?;
     texts
         .iter()
@@ -202,15 +203,15 @@ pub struct RowResult {
 }
 
 /// The experiment's settings.
-pub struct Attributes<'m> {
-    pub model: &'m Model,
+pub struct Attributes<'m, E: Engine> {
+    pub model: &'m E,
     pub source_layers: Vec<usize>,
     pub target_layers: Vec<usize>,
     pub max_new: usize,
     pub only_correct: bool,
 }
 
-impl Attributes<'_> {
+impl<E: Engine> Attributes<'_, E> {
     /// Evaluates one row: baseline, then every (source layer, target layer) cell, all
     /// source layers of a target site in one batched generation from the shared target.
     pub fn evaluate(&self, index: usize, row: &AttributeRow) -> Result<RowResult> {
@@ -232,7 +233,7 @@ impl Attributes<'_> {
         if !result.evaluated {
             return Ok(result);
         }
-        let (tokens, offsets) = model.tokenizer.encode_with_offsets(&row.source)?;
+        let (tokens, offsets) = model.tokenizer().encode_with_offsets(&row.source)?;
         let pos = token_ending_at(&offsets, row.subject_end).ok_or_else(|| {
             Error::input(format!(
                 "row {index}: no token ends the subject {:?} in the source text",
@@ -254,8 +255,8 @@ impl Attributes<'_> {
             })
             .collect();
 
-        let target_tokens = model.tokenizer.encode(&row.target)?;
-        let patch_pos = placeholder_position(model, &target_tokens)?;
+        let target_tokens = model.tokenizer().encode(&row.target)?;
+        let patch_pos = placeholder_position(model.tokenizer(), &target_tokens)?;
         let target = Target::new(model, target_tokens, patch_pos)?;
         let (ns, nt) = (self.source_layers.len(), self.target_layers.len());
         result.correct = vec![vec![false; nt]; ns];
@@ -274,7 +275,7 @@ impl Attributes<'_> {
                 let states = members.iter().map(|&si| reps[si].clone()).collect();
                 let generated = target.generate(model, site, states, self.max_new)?;
                 for (&si, toks) in members.iter().zip(generated) {
-                    let text = model.tokenizer.decode(&toks)?;
+                    let text = model.tokenizer().decode(&toks)?;
                     result.correct[si][ti] = is_correct(&row.object, &text);
                     result.generations[si][ti] = text;
                 }
@@ -285,13 +286,13 @@ impl Attributes<'_> {
 
     fn greedy_text(&self, prompt: &str) -> Result<String> {
         let model = self.model;
-        let tokens = model.tokenizer.encode(prompt)?;
+        let tokens = model.tokenizer().encode(prompt)?;
         let new = model.greedy(
             &mut [model.new_cache()],
             Request::tokens(vec![tokens]),
             self.max_new,
         )?;
-        model.tokenizer.decode(&new[0])
+        model.tokenizer().decode(&new[0])
     }
 }
 

@@ -12,12 +12,12 @@ use super::mapping::Affine;
 use super::target::Target;
 use super::{source_position, source_site, target_site};
 use crate::backend::cpu::logits::{argmax, log_softmax};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::forward::{HiddenRow, Input, LogitsAt, Request};
-use crate::kv::KvCache;
-use crate::model::Model;
 use crate::stream::{Positions, Site, WriteOp};
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 
 /// A source prompt's states at its chosen position, and the model's own prediction there.
 pub struct Source {
@@ -80,7 +80,11 @@ pub struct SampleResult {
 
 /// Runs source prompts (a batch of rows) and keeps their states at the seeded position.
 /// Only tokens up to the position are run: later ones cannot change it.
-pub fn run_sources(model: &Model, prompts: &[(usize, Vec<u32>)], seed: u64) -> Result<Vec<Source>> {
+pub fn run_sources<E: Engine>(
+    model: &E,
+    prompts: &[(usize, Vec<u32>)],
+    seed: u64,
+) -> Result<Vec<Source>> {
     let num_layers = model.num_layers();
     let positions: Vec<usize> = prompts
         .iter()
@@ -103,7 +107,7 @@ pub fn run_sources(model: &Model, prompts: &[(usize, Vec<u32>)], seed: u64) -> R
         }
         req = req.read(Site::FinalNorm, r, Positions::Last);
     }
-    let mut caches: Vec<KvCache> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
     let out = model.forward(&mut caches, &req)?;
     Ok(prompts
         .iter()
@@ -123,6 +127,15 @@ pub fn run_sources(model: &Model, prompts: &[(usize, Vec<u32>)], seed: u64) -> R
             }
         })
         .collect())
+}
+
+/// Wall time spent per phase of the fast path, summed over calls.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseTimes {
+    pub sources: Duration,
+    pub token_identity: Duration,
+    pub logit_lens: Duration,
+    pub tuned_lens: Duration,
 }
 
 /// Training rows of the tuned lens: the layer-l representations ([layer][row]) and the
@@ -150,8 +163,8 @@ impl LensRows {
 
 /// Collects tuned-lens training rows from prompts: at each prompt's seeded position (as
 /// the official code does, one row per text), or at every position.
-pub fn lens_rows(
-    model: &Model,
+pub fn lens_rows<E: Engine>(
+    model: &E,
     prompts: &[(usize, Vec<u32>)],
     seed: u64,
     every_position: bool,
@@ -179,7 +192,7 @@ pub fn lens_rows(
             req = req.read(source_site(l, num_layers), r, p.clone());
         }
     }
-    let mut caches: Vec<KvCache> = rows.iter().map(|_| model.new_cache()).collect();
+    let mut caches: Vec<_> = rows.iter().map(|_| model.new_cache()).collect();
     let out = model.forward(&mut caches, &req)?;
     // states come site by site, each site in the same row and position order
     let mut lens = LensRows::new(num_layers);
@@ -206,23 +219,18 @@ pub fn fit_tuned_lens(rows: &LensRows) -> Result<Vec<Affine>> {
 }
 
 /// The next-token experiment over one model and one target prompt.
-pub struct NextToken<'m> {
-    model: &'m Model,
+pub struct NextToken<'m, E: Engine> {
+    model: &'m E,
     /// The target prompt run once, patched at its last token.
-    target: Target,
+    target: Target<E::Cache>,
     tuned_lens: Vec<Affine>,
     grid: bool,
 }
 
-impl<'m> NextToken<'m> {
+impl<'m, E: Engine> NextToken<'m, E> {
     /// `target` is patched at its last token; `grid` evaluates every (l, l*) pair.
-    pub fn new(
-        model: &'m Model,
-        target: &str,
-        tuned_lens: Vec<Affine>,
-        grid: bool,
-    ) -> Result<Self> {
-        let target_tokens = model.tokenizer.encode(target)?;
+    pub fn new(model: &'m E, target: &str, tuned_lens: Vec<Affine>, grid: bool) -> Result<Self> {
+        let target_tokens = model.tokenizer().encode(target)?;
         if target_tokens.is_empty() {
             return Err(Error::input("the target prompt is empty"));
         }
@@ -256,7 +264,17 @@ impl<'m> NextToken<'m> {
 
     /// Fast path: shared target prefix, one batched pass per target site.
     pub fn evaluate(&self, sources: &[Source]) -> Result<Vec<SampleResult>> {
+        self.evaluate_timed(sources, &mut PhaseTimes::default())
+    }
+
+    /// [`NextToken::evaluate`], adding the time of each method to `times`.
+    pub fn evaluate_timed(
+        &self,
+        sources: &[Source],
+        times: &mut PhaseTimes,
+    ) -> Result<Vec<SampleResult>> {
         let num_layers = self.num_layers();
+        let started = Instant::now();
         let mut results: Vec<SampleResult> = sources.iter().map(|s| self.empty_result(s)).collect();
 
         // token identity: group the cells by the site they patch
@@ -283,9 +301,12 @@ impl<'m> NextToken<'m> {
             }
         }
 
+        times.token_identity += started.elapsed();
+
         // lenses: final norm + LM head (or the LM head alone on final-normed states)
         let last = num_layers - 1;
         for tuned in [false, true] {
+            let started = Instant::now();
             for l in 0..num_layers {
                 // a tuned-lens output is patched where the official code puts it: the last
                 // layer of the source prompt, final-norm rule included
@@ -304,8 +325,7 @@ impl<'m> NextToken<'m> {
                         }
                     })
                     .collect();
-                let mut caches: Vec<KvCache> =
-                    sources.iter().map(|_| self.model.new_cache()).collect();
+                let mut caches: Vec<_> = sources.iter().map(|_| self.model.new_cache()).collect();
                 let logits = self.run_hidden(site, 0, states, &mut caches)?;
                 for ((r, s), lg) in results.iter_mut().zip(sources).zip(&logits) {
                     let cell = s.score(lg);
@@ -315,6 +335,12 @@ impl<'m> NextToken<'m> {
                         r.logit_lens[l] = cell;
                     }
                 }
+            }
+            let spent = started.elapsed();
+            if tuned {
+                times.tuned_lens += spent;
+            } else {
+                times.logit_lens += spent;
             }
         }
         Ok(results)
@@ -405,7 +431,7 @@ impl<'m> NextToken<'m> {
         site: Site,
         pos: usize,
         states: Vec<Vec<f32>>,
-        caches: &mut [KvCache],
+        caches: &mut [E::Cache],
     ) -> Result<Vec<Vec<f32>>> {
         let rows = states
             .into_iter()

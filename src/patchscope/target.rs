@@ -6,26 +6,30 @@
 //! patch, so their keys/values and the states after block l* at positions > i* are the
 //! target's own; they are taken from the single target run.
 
+use crate::engine::{Cache, Engine};
 use crate::error::{Error, Result};
 use crate::forward::{HiddenRow, Input, LogitsAt, Request};
-use crate::kv::KvCache;
-use crate::model::Model;
 use crate::stream::{Positions, Site};
 use std::sync::Arc;
 
-pub struct Target {
+/// `C` is the backend's KV cache type.
+pub struct Target<C> {
     pub tokens: Vec<u32>,
     /// The patched position i*.
     pub patch_pos: usize,
-    cache: Arc<KvCache>,
+    cache: Arc<C>,
     /// Per site order (Embed, BlockOut(0..L), FinalNorm): the target's states at the
     /// positions after i*, concatenated.
     after: Vec<Vec<f32>>,
 }
 
-impl Target {
+impl<C: Cache> Target<C> {
     /// Runs `tokens` once; patches will replace position `patch_pos`.
-    pub fn new(model: &Model, tokens: Vec<u32>, patch_pos: usize) -> Result<Target> {
+    pub fn new<E: Engine<Cache = C>>(
+        model: &E,
+        tokens: Vec<u32>,
+        patch_pos: usize,
+    ) -> Result<Self> {
         if patch_pos >= tokens.len() {
             return Err(Error::input(format!(
                 "target position {patch_pos} out of range: the target prompt has {} tokens",
@@ -62,13 +66,13 @@ impl Target {
 
     /// One row per patched state, all written at `site` (position i*), ready to run:
     /// caches forked from the target run and the request that resumes the pass there.
-    pub fn patched(
+    pub fn patched<E: Engine<Cache = C>>(
         &self,
-        model: &Model,
+        model: &E,
         site: Site,
         states: Vec<Vec<f32>>,
         logits: LogitsAt,
-    ) -> Result<(Vec<KvCache>, Request)> {
+    ) -> Result<(Vec<C>, Request)> {
         let num_layers = model.num_layers();
         site.check(num_layers)?;
         let first_block = site.next_block(num_layers);
@@ -84,7 +88,7 @@ impl Target {
         let after = &self.after[site.order(num_layers)];
         let caches = states
             .iter()
-            .map(|_| self.cache.fork(&lens))
+            .map(|_| C::fork(&self.cache, &lens))
             .collect::<Result<Vec<_>>>()?;
         let rows = states
             .into_iter()
@@ -103,9 +107,9 @@ impl Target {
     }
 
     /// Logits at the target's last position for each patched state.
-    pub fn last_logits(
+    pub fn last_logits<E: Engine<Cache = C>>(
         &self,
-        model: &Model,
+        model: &E,
         site: Site,
         states: Vec<Vec<f32>>,
     ) -> Result<Vec<Vec<f32>>> {
@@ -122,9 +126,9 @@ impl Target {
     }
 
     /// Greedy continuations of `max_new` tokens for each patched state.
-    pub fn generate(
+    pub fn generate<E: Engine<Cache = C>>(
         &self,
-        model: &Model,
+        model: &E,
         site: Site,
         states: Vec<Vec<f32>>,
         max_new: usize,

@@ -122,7 +122,9 @@ pub fn smollm2_dir() -> Option<PathBuf> {
 
 /// Runs the qwen-scope binary; returns (exit code, stdout, stderr) and fails on a panic.
 pub fn cli(args: &[&str]) -> (i32, String, String) {
+    // CPU unless a test asks for a device: results are compared with CPU references
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwen-scope"))
+        .env("QWEN_SCOPE_DEVICE", "cpu")
         .args(args)
         .output()
         .unwrap();
@@ -133,4 +135,9 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).to_string(),
         stderr,
     )
+}
+
+/// Whether a GPU with this build's kernels can be opened here.
+pub fn gpu_usable() -> bool {
+    qwen_scope::backend::cuda::Device::new(0).is_ok()
 }

@@ -27,6 +27,7 @@ use crate::forward::{Logits, Output, Request};
 use crate::model::Model;
 use crate::plan::{CacheShape, Init, Plan, StreamOps};
 use crate::stream::{Site, State, WriteOp};
+use crate::tokenizer::Tokenizer;
 use cudarc::driver::{CudaSlice, ValidAsZeroBits};
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -435,6 +436,7 @@ struct Pass {
 pub struct CudaModel {
     dev: Arc<Device>,
     config: Config,
+    tokenizer: Tokenizer,
     dtype: DType,
     inv_freq: CudaSlice<f32>,
     weights: WeightSet,
@@ -451,6 +453,14 @@ impl CudaModel {
                 c.head_dim
             )));
         }
+        let (major, minor) = dev.compute_capability();
+        if dtype == DType::BF16 && major < 8 {
+            return Err(Error::Cuda(format!(
+                "bf16 weights need a GPU with bf16 arithmetic (sm_80 or newer); {} is \
+                 sm_{major}{minor}: use --dtype f16 or f32",
+                dev.name()
+            )));
+        }
         let weights = match dtype {
             DType::F32 => WeightSet::F32(upload_weights(&dev, host)?),
             DType::F16 => WeightSet::F16(upload_weights(&dev, host)?),
@@ -460,6 +470,7 @@ impl CudaModel {
         dev.synchronize()?;
         Ok(CudaModel {
             config: host.config.clone(),
+            tokenizer: host.tokenizer.clone(),
             dtype,
             inv_freq,
             weights,
@@ -473,6 +484,10 @@ impl CudaModel {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
     }
 
     pub fn device(&self) -> &Arc<Device> {
