@@ -78,7 +78,10 @@ fn load(name: &str) -> Model {
 fn bf16_ok(dev: &Device, dtype: DType) -> bool {
     let ok = dtype != DType::BF16 || dev.compute_capability().0 >= 8;
     if !ok {
-        say(&format!("bf16 checks left out: {} is below sm_80", dev.name()));
+        say(&format!(
+            "bf16 checks left out: {} is below sm_80",
+            dev.name()
+        ));
     }
     ok
 }
