@@ -128,10 +128,10 @@ impl Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive"));
         }
-        if raw.hidden_size % raw.num_attention_heads != 0 && raw.head_dim.is_none() {
+        if !raw.hidden_size.is_multiple_of(raw.num_attention_heads) && raw.head_dim.is_none() {
             return Err("hidden_size is not a multiple of num_attention_heads".into());
         }
-        if raw.num_attention_heads % num_kv_heads != 0 {
+        if !raw.num_attention_heads.is_multiple_of(num_kv_heads) {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {num_kv_heads}",
                 raw.num_attention_heads
@@ -140,7 +140,7 @@ impl Config {
         let head_dim = raw
             .head_dim
             .unwrap_or(raw.hidden_size / raw.num_attention_heads);
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {head_dim} must be even for RoPE"));
         }
         let qkv_bias = match arch {

@@ -25,6 +25,11 @@
 #              tests (skipped when compute-sanitizer is not found; MEMCHECK=0 skips it)
 #   hf-parity  tools/gpu_parity.py: a random model with Qwen2-0.5B's shapes against
 #              transformers in f32, bf16 and f16 (needs torch + transformers)
+#   bench      tools/bench_gpu.sh on that model: the card's measured bandwidth and matrix
+#              rates (tools/gpu_roofline.py), qwen-scope's sweep and forward against the
+#              three PyTorch ways and transformers' forward in f16 (BENCH=0 skips it)
+#   roofline   tools/roofline.py: bytes and FLOPs per step against the measured card,
+#              and the same arithmetic projected onto T4 and P100 datasheet peaks
 # and writes OUTDIR/summary.txt. A GPU test that prints SKIPPED counts as a failure here.
 # Exit status: 0 when every step passed.
 
@@ -91,7 +96,7 @@ if [ "${1:-}" = "--pack" ]; then
     exit $?
 fi
 if [ $# -lt 1 ] || [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-    sed -n '2,32p' "$0"
+    sed -n '2,/^set -u/p' "$0" | sed '$d'
     exit 2
 fi
 
@@ -194,6 +199,19 @@ else
     printf '%-18s %-28s\n' hf-parity "FAILED (python3 lacks torch/transformers/safetensors)" |
         tee -a "$SUMMARY"
     FAILED=1
+fi
+
+MODEL_05B="$OUT/qwen2-0.5b-random"
+if [ "${BENCH:-1}" = "0" ]; then
+    printf '%-18s %-28s\n' bench "skipped (BENCH=0)" | tee -a "$SUMMARY"
+elif [ ! -f "$MODEL_05B/config.json" ]; then
+    printf '%-18s %-28s\n' bench "FAILED (no $MODEL_05B: hf-parity makes it)" | tee -a "$SUMMARY"
+    FAILED=1
+else
+    BIN="$BIN" step bench 420 "$REPO/tools/bench_gpu.sh" "$MODEL_05B" "$OUT/bench"
+    step roofline 60 python3 "$REPO/tools/roofline.py" --config "$MODEL_05B/config.json" \
+        --dtype f16 --batch 1 --tokens 128 --context 160 \
+        --measured "$OUT/bench/roofline.json" --card T4 --card P100
 fi
 
 echo

@@ -232,7 +232,7 @@ pub fn rope(
     positions: &impl DevicePtr<u32>,
     inv_freq: &impl DevicePtr<f32>,
 ) -> Result<()> {
-    check(head_dim >= 2 && head_dim % 2 == 0, || {
+    check(head_dim >= 2 && head_dim.is_multiple_of(2), || {
         format!("rope: head_dim {head_dim} must be even")
     })?;
     eq_len("rope", "inv_freq", inv_freq.len(), head_dim / 2)?;
@@ -524,7 +524,7 @@ pub fn add_bias<B: CudaFloat>(
 // ---- logits ----------------------------------------------------------------------------
 
 fn logit_rows(op: &str, x_len: usize, vocab: usize) -> Result<usize> {
-    check(vocab > 0 && x_len % vocab == 0, || {
+    check(vocab > 0 && x_len.is_multiple_of(vocab), || {
         format!("{op}: {x_len} values are not [rows, {vocab}]")
     })?;
     let rows = x_len / vocab;
@@ -901,7 +901,7 @@ fn build_tiles(tokens: &[TokenAt], tile_tokens: usize) -> Vec<u32> {
 
 fn check_shape(s: &AttnShape) -> Result<()> {
     check(
-        s.num_kv_heads > 0 && s.num_heads > 0 && s.num_heads % s.num_kv_heads == 0,
+        s.num_kv_heads > 0 && s.num_heads > 0 && s.num_heads.is_multiple_of(s.num_kv_heads),
         || {
             format!(
                 "attention: {} heads is not a multiple of {} KV heads",
