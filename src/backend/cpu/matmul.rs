@@ -220,15 +220,21 @@ mod blocked {
                     }
                     for (t, a) in acc.iter().enumerate() {
                         let i0 = t * TILE;
-                        for (i, a_row) in a.iter().enumerate().take((m - i0).min(TILE)) {
-                            for (j, &v) in a_row.iter().enumerate().take(nr) {
-                                let out = (i0 + i) * n + j_base + j0 + j;
-                                unsafe { *y_ptr.get().add(out) = _mm512_reduce_add_ps(v) };
-                            }
-                        }
+                        let out = y_ptr.get().wrapping_add(i0 * n + j_base + j0);
+                        unsafe { store(a, ((m - i0).min(TILE), nr), out, n) };
                     }
                 }
             });
+    }
+
+    /// y[i * n + j] = the sum of the lanes of a[i][j], for the tile's `size`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(a: &Acc, size: (usize, usize), y: *mut f32, n: usize) {
+        for (i, a_row) in a.iter().enumerate().take(size.0) {
+            for (j, &v) in a_row.iter().enumerate().take(size.1) {
+                *y.add(i * n + j) = _mm512_reduce_add_ps(v);
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f")]
