@@ -21,6 +21,10 @@ pub enum Input {
     Tokens(Vec<Vec<u32>>),
     /// States at `site` per row: the pass runs the blocks after `site` only.
     Hidden { site: Site, rows: Vec<HiddenRow> },
+    /// Rows that join the pass at their own sites, listed in pass order (earliest site
+    /// first): row r runs only the blocks after its site. One pass then serves patches at
+    /// every layer, and each block's weights are read once for all of them.
+    Joining(Vec<(Site, HiddenRow)>),
 }
 
 /// Consecutive states of one row, the first at position `start_pos`.
@@ -143,16 +147,36 @@ impl Model {
 
         self.apply_site(start, &mut h, &plan, &ops, &mut out.states);
         for layer in start.next_block(num_layers)..num_layers {
-            self.block(layer, &mut h, &plan, caches);
+            // the rows that joined before this block: a prefix of the batch
+            let input_site = layer.checked_sub(1).map_or(Site::Embed, Site::BlockOut);
+            let active = plan.joined(input_site, num_layers);
+            let tokens = active.tokens.len();
+            self.block(
+                layer,
+                &mut h[..tokens * hidden],
+                &active,
+                &mut caches[..active.rows.len()],
+            );
             self.apply_site(Site::BlockOut(layer), &mut h, &plan, &ops, &mut out.states);
         }
         let needs_norm = !logit_rows.is_empty()
             || ops.reads.iter().any(|r| r.0 == Site::FinalNorm)
             || ops.writes.iter().any(|w| w.0 == Site::FinalNorm);
         if start != Site::FinalNorm && needs_norm {
-            let mut normed = vec![0.0; h.len()];
-            rmsnorm::rmsnorm(&h, &self.final_norm, self.config.rms_norm_eps, &mut normed);
-            h = normed;
+            // rows that join at the final norm come normed already
+            let normed_rows = plan
+                .joined(Site::BlockOut(num_layers - 1), num_layers)
+                .tokens
+                .len();
+            let (before, _) = h.split_at_mut(normed_rows * hidden);
+            let mut normed = vec![0.0; before.len()];
+            rmsnorm::rmsnorm(
+                before,
+                &self.final_norm,
+                self.config.rms_norm_eps,
+                &mut normed,
+            );
+            before.copy_from_slice(&normed);
             self.apply_site(Site::FinalNorm, &mut h, &plan, &ops, &mut out.states);
         }
         if !logit_rows.is_empty() {

@@ -6,7 +6,7 @@
 use crate::backend::cpu::attention::TokenAt;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::forward::{Input, LogitsAt, Request};
+use crate::forward::{HiddenRow, Input, LogitsAt, Request};
 use crate::stream::{Positions, Site, WriteOp};
 
 /// The cache facts a plan depends on.
@@ -34,11 +34,45 @@ pub(crate) fn check_fork<C: CacheShape>(parent: &C, lens: &[usize]) -> Result<()
     Ok(())
 }
 
+/// Checks hidden-state rows joining at `joins` (in pass order); returns the joins, the
+/// first position and the token count of each row.
+fn hidden_rows<'a>(
+    c: &Config,
+    joins: &[Site],
+    rows: impl Iterator<Item = &'a HiddenRow>,
+) -> Result<(Vec<Site>, Vec<usize>, Vec<usize>)> {
+    let (mut starts, mut lens) = (Vec::new(), Vec::new());
+    for (r, row) in rows.enumerate() {
+        joins[r].check(c.num_layers)?;
+        if r > 0 && joins[r].order(c.num_layers) < joins[r - 1].order(c.num_layers) {
+            return Err(Error::input(format!(
+                "row {r} joins at {}, before row {} ({}): joining rows must be in pass order",
+                joins[r],
+                r - 1,
+                joins[r - 1]
+            )));
+        }
+        if row.states.is_empty() || row.states.len() % c.hidden_size != 0 {
+            return Err(Error::input(format!(
+                "row {r}: {} state values is not a positive multiple of hidden size {}",
+                row.states.len(),
+                c.hidden_size
+            )));
+        }
+        starts.push(row.start_pos);
+        lens.push(row.states.len() / c.hidden_size);
+    }
+    Ok((joins.to_vec(), starts, lens))
+}
+
 /// The new tokens of a pass, packed row after row.
 pub(crate) struct Plan {
     pub tokens: Vec<TokenAt>,
     /// Per row: index of its first token in `tokens`, and its token count.
     pub rows: Vec<(usize, usize)>,
+    /// Per row: the site where it enters the pass (in pass order, so the rows that have
+    /// joined at any point are a prefix of the batch).
+    pub joins: Vec<Site>,
 }
 
 /// What the stream starts from.
@@ -61,26 +95,19 @@ impl Plan {
         caches: &[C],
         input: &Input,
     ) -> Result<(Site, Plan, Init)> {
-        let (site, starts, lens) = match input {
+        let (joins, starts, lens) = match input {
             Input::Tokens(rows) => (
-                Site::Embed,
+                vec![Site::Embed; rows.len()],
                 caches.iter().map(|kv| kv.len(0)).collect::<Vec<_>>(),
                 rows.iter().map(Vec::len).collect::<Vec<_>>(),
             ),
             Input::Hidden { site, rows } => {
-                site.check(c.num_layers)?;
-                let mut lens = Vec::with_capacity(rows.len());
-                for (r, row) in rows.iter().enumerate() {
-                    if row.states.is_empty() || row.states.len() % c.hidden_size != 0 {
-                        return Err(Error::input(format!(
-                            "row {r}: {} state values is not a positive multiple of hidden size {}",
-                            row.states.len(),
-                            c.hidden_size
-                        )));
-                    }
-                    lens.push(row.states.len() / c.hidden_size);
-                }
-                (*site, rows.iter().map(|r| r.start_pos).collect(), lens)
+                let joins = vec![*site; rows.len()];
+                hidden_rows(c, &joins, rows.iter())?
+            }
+            Input::Joining(rows) => {
+                let joins: Vec<Site> = rows.iter().map(|(s, _)| *s).collect();
+                hidden_rows(c, &joins, rows.iter().map(|(_, r)| r))?
             }
         };
         if lens.len() != caches.len() {
@@ -93,10 +120,13 @@ impl Plan {
         if lens.is_empty() {
             return Err(Error::input("empty batch: no rows to run"));
         }
-        let first_block = site.next_block(c.num_layers);
+        let site = *joins
+            .first()
+            .ok_or_else(|| Error::input("empty batch: no rows to run"))?;
         let mut plan = Plan {
             tokens: Vec::new(),
             rows: Vec::new(),
+            joins,
         };
         for (r, ((&p0, &n), kv)) in starts.iter().zip(&lens).zip(caches).enumerate() {
             if n == 0 {
@@ -109,6 +139,7 @@ impl Plan {
                     "row {r}: KV cache is for another model"
                 )));
             }
+            let first_block = plan.joins[r].next_block(c.num_layers);
             if let Some(l) = (first_block..c.num_layers).find(|&l| kv.len(l) != p0) {
                 return Err(Error::input(format!(
                     "row {r}: new positions start at {p0} but block {l} has {} cached positions",
@@ -140,8 +171,28 @@ impl Plan {
             Input::Hidden { rows, .. } => {
                 Init::States(rows.iter().flat_map(|r| r.states.iter().copied()).collect())
             }
+            Input::Joining(rows) => Init::States(
+                rows.iter()
+                    .flat_map(|(_, r)| r.states.iter().copied())
+                    .collect(),
+            ),
         };
         Ok((site, plan, init))
+    }
+
+    /// The plan of the rows that joined the pass at `site` or before it.
+    pub fn joined(&self, site: Site, num_layers: usize) -> Plan {
+        let order = site.order(num_layers);
+        let k = self.joins.partition_point(|s| s.order(num_layers) <= order);
+        let tokens = self
+            .rows
+            .get(k)
+            .map_or(self.tokens.len(), |&(first, _)| first);
+        Plan {
+            tokens: self.tokens[..tokens].to_vec(),
+            rows: self.rows[..k].to_vec(),
+            joins: self.joins[..k].to_vec(),
+        }
     }
 
     /// Row `row`'s first token index, token count and first position.
@@ -184,11 +235,13 @@ impl Plan {
         start: Site,
     ) -> Result<StreamOps<'a>> {
         let l = c.num_layers;
-        let check_site = |site: Site| -> Result<()> {
+        debug_assert_eq!(self.joins.first(), Some(&start));
+        let check_site = |site: Site, row: usize| -> Result<()> {
             site.check(l)?;
-            if site.order(l) < start.order(l) {
+            let join = self.joins.get(row).copied().unwrap_or(start);
+            if site.order(l) < join.order(l) {
                 return Err(Error::input(format!(
-                    "site {site} comes before {start}, where this pass starts"
+                    "site {site} comes before {join}, where row {row} starts in this pass"
                 )));
             }
             Ok(())
@@ -198,7 +251,7 @@ impl Plan {
             reads: Vec::new(),
         };
         for w in &req.writes {
-            check_site(w.site)?;
+            check_site(w.site, w.row)?;
             let (WriteOp::Replace(v) | WriteOp::Add(v)) = &w.op;
             if v.len() != c.hidden_size {
                 return Err(Error::input(format!(
@@ -211,7 +264,7 @@ impl Plan {
             ops.writes.push((w.site, self.index(w.row, w.pos)?, &w.op));
         }
         for r in &req.reads {
-            check_site(r.site)?;
+            check_site(r.site, r.row)?;
             for t in self.positions(r.row, &r.positions)? {
                 ops.reads.push((r.site, t));
             }

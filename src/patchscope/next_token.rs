@@ -9,12 +9,12 @@
 //! reference path does what hook-based code does: a whole target forward per cell.
 
 use super::mapping::Affine;
-use super::target::Target;
+use super::target::{by_site, joining_request, last_rows, Target};
 use super::{source_position, source_site, target_site};
 use crate::backend::cpu::logits::{argmax, log_softmax};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::forward::{HiddenRow, Input, LogitsAt, Request};
+use crate::forward::{HiddenRow, LogitsAt, Request};
 use crate::stream::{Positions, Site, WriteOp};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -277,57 +277,45 @@ impl<'m, E: Engine> NextToken<'m, E> {
         let started = Instant::now();
         let mut results: Vec<SampleResult> = sources.iter().map(|s| self.empty_result(s)).collect();
 
-        // token identity: group the cells by the site they patch
-        let mut groups: Vec<(Site, Vec<CellAt>)> = Vec::new();
-        for (i, _) in sources.iter().enumerate() {
+        // token identity: every cell patches the shared target at its own site
+        let mut at: Vec<CellAt> = Vec::new();
+        let mut cells = Vec::new();
+        for (i, source) in sources.iter().enumerate() {
             for l in 0..num_layers {
                 for (slot, lt) in self.target_layers(l).into_iter().enumerate() {
-                    let site = target_site(l, lt, num_layers);
-                    match groups.iter_mut().find(|(s, _)| *s == site) {
-                        Some((_, cells)) => cells.push((i, l, slot)),
-                        None => groups.push((site, vec![(i, l, slot)])),
-                    }
+                    at.push((i, l, slot));
+                    cells.push((target_site(l, lt, num_layers), source.rep(l).to_vec()));
                 }
             }
         }
-        for (site, cells) in groups {
-            let states = cells
-                .iter()
-                .map(|&(i, l, _)| sources[i].rep(l).to_vec())
-                .collect();
-            let logits = self.target.last_logits(self.model, site, states)?;
-            for (&(i, l, slot), lg) in cells.iter().zip(&logits) {
-                results[i].token_identity[l][slot] = sources[i].score(lg);
-            }
+        let logits = self.target.last_logits(self.model, cells)?;
+        for (&(i, l, slot), lg) in at.iter().zip(&logits) {
+            results[i].token_identity[l][slot] = sources[i].score(lg);
         }
-
         times.token_identity += started.elapsed();
 
         // lenses: final norm + LM head (or the LM head alone on final-normed states)
         let last = num_layers - 1;
         for tuned in [false, true] {
             let started = Instant::now();
+            let mut cells = Vec::new();
             for l in 0..num_layers {
-                // a tuned-lens output is patched where the official code puts it: the last
-                // layer of the source prompt, final-norm rule included
-                let site = if tuned {
-                    target_site(l, last, num_layers)
-                } else {
-                    Site::BlockOut(last)
-                };
-                let states: Vec<Vec<f32>> = sources
-                    .iter()
-                    .map(|s| {
-                        if tuned {
-                            self.tuned_lens[l].apply(s.rep(l))
-                        } else {
-                            s.block_out[l].clone()
-                        }
-                    })
-                    .collect();
-                let mut caches: Vec<_> = sources.iter().map(|_| self.model.new_cache()).collect();
-                let logits = self.run_hidden(site, 0, states, &mut caches)?;
-                for ((r, s), lg) in results.iter_mut().zip(sources).zip(&logits) {
+                for s in sources {
+                    // a tuned-lens output is patched where the official code puts it: the
+                    // last layer of the source prompt, final-norm rule included
+                    cells.push(if tuned {
+                        (
+                            target_site(l, last, num_layers),
+                            self.tuned_lens[l].apply(s.rep(l)),
+                        )
+                    } else {
+                        (Site::BlockOut(last), s.block_out[l].clone())
+                    });
+                }
+            }
+            let logits = self.run_hidden(cells)?;
+            for (l, per_layer) in logits.chunks(sources.len()).enumerate() {
+                for ((r, s), lg) in results.iter_mut().zip(sources).zip(per_layer) {
                     let cell = s.score(lg);
                     if tuned {
                         r.tuned_lens[l] = cell;
@@ -425,30 +413,32 @@ impl<'m, E: Engine> NextToken<'m, E> {
         }
     }
 
-    /// One batched pass from `site` on, one row per state, logits at each row's position.
-    fn run_hidden(
-        &self,
-        site: Site,
-        pos: usize,
-        states: Vec<Vec<f32>>,
-        caches: &mut [E::Cache],
-    ) -> Result<Vec<Vec<f32>>> {
-        let rows = states
-            .into_iter()
-            .map(|s| HiddenRow {
-                start_pos: pos,
-                states: s,
-            })
-            .collect();
-        let out = self
-            .model
-            .forward(caches, &Request::new(Input::Hidden { site, rows }))?;
-        Ok((0..caches.len())
-            .map(|r| {
-                out.last_logits(r)
-                    .expect("one logit row per input row")
-                    .to_vec()
-            })
-            .collect())
+    /// Logits of single states entering fresh caches at position 0 at their sites (the
+    /// lenses: nothing but the final norm and the LM head runs after them).
+    fn run_hidden(&self, cells: Vec<(Site, Vec<f32>)>) -> Result<Vec<Vec<f32>>> {
+        let model = self.model;
+        by_site(
+            cells,
+            model.num_layers(),
+            model.supports_joining(),
+            |chunk| {
+                let n = chunk.len();
+                let mut caches: Vec<_> = (0..n).map(|_| model.new_cache()).collect();
+                let rows = chunk
+                    .into_iter()
+                    .map(|(site, states)| {
+                        (
+                            site,
+                            HiddenRow {
+                                start_pos: 0,
+                                states,
+                            },
+                        )
+                    })
+                    .collect();
+                let out = model.forward(&mut caches, &joining_request(rows))?;
+                Ok(last_rows(&out, n))
+            },
+        )
     }
 }

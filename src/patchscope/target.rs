@@ -73,56 +73,65 @@ impl<C: Cache> Target<C> {
         states: Vec<Vec<f32>>,
         logits: LogitsAt,
     ) -> Result<(Vec<C>, Request)> {
-        let num_layers = model.num_layers();
-        site.check(num_layers)?;
-        let first_block = site.next_block(num_layers);
-        let lens: Vec<usize> = (0..num_layers)
-            .map(|b| {
-                if b < first_block {
-                    self.tokens.len()
-                } else {
-                    self.patch_pos
-                }
-            })
-            .collect();
-        let after = &self.after[site.order(num_layers)];
-        let caches = states
-            .iter()
-            .map(|_| C::fork(&self.cache, &lens))
-            .collect::<Result<Vec<_>>>()?;
-        let rows = states
-            .into_iter()
-            .map(|mut s| {
-                s.extend_from_slice(after);
-                HiddenRow {
-                    start_pos: self.patch_pos,
-                    states: s,
-                }
-            })
-            .collect();
+        let (caches, rows) = self.rows(model, states.into_iter().map(|s| (site, s)))?;
+        let rows = rows.into_iter().map(|(_, r)| r).collect();
         Ok((
             caches,
             Request::new(Input::Hidden { site, rows }).logits(logits),
         ))
     }
 
-    /// Logits at the target's last position for each patched state.
+    /// Logits at the target's last position for each (site, patched state), in the order
+    /// given. Rows of many sites share passes where the backend lets rows join a pass at
+    /// their own sites (`Engine::supports_joining`); otherwise one pass per site.
     pub fn last_logits<E: Engine<Cache = C>>(
         &self,
         model: &E,
-        site: Site,
-        states: Vec<Vec<f32>>,
+        cells: Vec<(Site, Vec<f32>)>,
     ) -> Result<Vec<Vec<f32>>> {
-        let n = states.len();
-        let (mut caches, req) = self.patched(model, site, states, LogitsAt::Last)?;
-        let out = model.forward(&mut caches, &req)?;
-        Ok((0..n)
-            .map(|r| {
-                out.last_logits(r)
-                    .expect("one logit row per input row")
-                    .to_vec()
-            })
-            .collect())
+        let num_layers = model.num_layers();
+        by_site(cells, num_layers, model.supports_joining(), |chunk| {
+            let n = chunk.len();
+            let (mut caches, rows) = self.rows(model, chunk.into_iter())?;
+            let out = model.forward(&mut caches, &joining_request(rows))?;
+            Ok(last_rows(&out, n))
+        })
+    }
+
+    /// Caches forked for, and the rows resuming at, each (site, state).
+    fn rows<E: Engine<Cache = C>>(
+        &self,
+        model: &E,
+        cells: impl Iterator<Item = (Site, Vec<f32>)>,
+    ) -> Result<(Vec<C>, Vec<JoiningRow>)> {
+        let num_layers = model.num_layers();
+        let after_patch = self.tokens.len() - self.patch_pos - 1;
+        let (mut caches, mut rows) = (Vec::new(), Vec::new());
+        for (site, mut states) in cells {
+            site.check(num_layers)?;
+            let first_block = site.next_block(num_layers);
+            let lens: Vec<usize> = (0..num_layers)
+                .map(|b| {
+                    if b < first_block {
+                        self.tokens.len()
+                    } else {
+                        self.patch_pos
+                    }
+                })
+                .collect();
+            caches.push(C::fork(&self.cache, &lens)?);
+            let after = &self.after[site.order(num_layers)];
+            debug_assert_eq!(after.len(), after_patch * model.config().hidden_size);
+            states.extend_from_slice(after);
+            rows.push((
+                site,
+                HiddenRow {
+                    start_pos: self.patch_pos,
+                    states,
+                },
+            ));
+        }
+        Ok((caches, rows))
     }
 
     /// Greedy continuations of `max_new` tokens for each patched state.
@@ -136,6 +145,72 @@ impl<C: Cache> Target<C> {
         let (mut caches, req) = self.patched(model, site, states, LogitsAt::Last)?;
         model.greedy(&mut caches, req, max_new)
     }
+}
+
+/// A row entering a pass at its own site.
+type JoiningRow = (Site, HiddenRow);
+
+/// Rows per pass when cells of many sites share passes: enough to read each block's
+/// weights once for hundreds of cells, few enough that their logits stay small.
+const ROWS_PER_PASS: usize = 256;
+
+/// Runs `cells` in passes of rows sorted by site (one site per pass unless `joining`),
+/// `run` taking a pass's cells and returning one logit row per cell; the logit rows come
+/// back in the order of `cells`.
+pub(crate) fn by_site<T>(
+    cells: Vec<(Site, T)>,
+    num_layers: usize,
+    joining: bool,
+    mut run: impl FnMut(Vec<(Site, T)>) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Vec<f32>>> {
+    let mut order: Vec<usize> = (0..cells.len()).collect();
+    order.sort_by_key(|&i| cells[i].0.order(num_layers));
+    let mut slots: Vec<Option<(Site, T)>> = cells.into_iter().map(Some).collect();
+    let mut out = vec![Vec::new(); slots.len()];
+    let mut rest = &order[..];
+    while let Some(&first) = rest.first() {
+        let site = slots[first].as_ref().expect("each cell runs once").0;
+        let same_site = rest
+            .iter()
+            .take_while(|&&i| slots[i].as_ref().is_some_and(|c| c.0 == site))
+            .count();
+        let n = if joining { rest.len() } else { same_site }.min(ROWS_PER_PASS);
+        let (chunk, later) = rest.split_at(n);
+        let batch = chunk
+            .iter()
+            .map(|&i| slots[i].take().expect("each cell runs once"))
+            .collect();
+        for (&i, logits) in chunk.iter().zip(run(batch)?) {
+            out[i] = logits;
+        }
+        rest = later;
+    }
+    Ok(out)
+}
+
+/// A pass over rows entering at their sites: `Input::Hidden` when they share one.
+pub(crate) fn joining_request(rows: Vec<JoiningRow>) -> Request {
+    let site = rows.first().map(|r| r.0);
+    let input = if rows.iter().all(|r| Some(r.0) == site) {
+        Input::Hidden {
+            site: site.expect("a pass has rows"),
+            rows: rows.into_iter().map(|(_, r)| r).collect(),
+        }
+    } else {
+        Input::Joining(rows)
+    };
+    Request::new(input).logits(LogitsAt::Last)
+}
+
+/// The last-position logits of rows 0..n.
+pub(crate) fn last_rows(out: &crate::forward::Output, n: usize) -> Vec<Vec<f32>> {
+    (0..n)
+        .map(|r| {
+            out.last_logits(r)
+                .expect("one logit row per input row")
+                .to_vec()
+        })
+        .collect()
 }
 
 /// Every site in pass order (the index of a site is `Site::order`).

@@ -23,7 +23,7 @@ use crate::backend::cpu::attention::{AttnShape, TokenAt};
 use crate::backend::cpu::matmul::Linear;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::forward::{Logits, Output, Request};
+use crate::forward::{Input, Logits, Output, Request};
 use crate::model::Model;
 use crate::plan::{CacheShape, Init, Plan, StreamOps};
 use crate::stream::{Site, State, WriteOp};
@@ -578,6 +578,12 @@ impl CudaModel {
         let dev = &*self.dev;
         let (l, d) = (c.num_layers, c.hidden_size);
         self.check_caches(caches)?;
+        if matches!(req.input, Input::Joining(_)) {
+            return Err(Error::Cuda(
+                "Input::Joining is not supported by the CUDA pass yet (Engine::supports_joining)"
+                    .into(),
+            ));
+        }
         let (start, plan, init) = Plan::new(&self.config, caches, &req.input)?;
         let ops = plan.stream_ops(&self.config, req, start)?;
         let logit_rows = plan.logit_rows(&req.logits)?;
