@@ -40,8 +40,6 @@ pub trait Engine {
     fn describe(&self) -> String;
     /// Bytes per element of the weight matrices and the KV cache.
     fn weight_elem_bytes(&self) -> usize;
-    /// Whether `forward` takes [`crate::Input::Joining`] (rows entering at their own sites).
-    fn supports_joining(&self) -> bool;
 
     fn num_layers(&self) -> usize {
         self.config().num_layers
@@ -89,9 +87,6 @@ impl Engine for Model {
     fn weight_elem_bytes(&self) -> usize {
         4
     }
-    fn supports_joining(&self) -> bool {
-        true
-    }
 }
 
 impl Engine for CudaModel {
@@ -132,8 +127,5 @@ impl Engine for CudaModel {
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
         }
-    }
-    fn supports_joining(&self) -> bool {
-        false
     }
 }

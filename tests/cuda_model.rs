@@ -655,6 +655,63 @@ fn half_modes_track_the_f32_cpu_pass() {
     }
 }
 
+/// Rows joining one pass at their own sites (embedding, block outputs, final norm), over
+/// forks of a shared prefix, with a read at every row's final norm.
+#[test]
+fn f32_joining_pass_matches_cpu() {
+    let Some(dev) = device("f32_joining_pass_matches_cpu") else {
+        return;
+    };
+    for name in MODELS {
+        let host = load(name);
+        let m = gpu(&host, &dev, DType::F32);
+        let (v, d, l) = (
+            host.config.vocab_size,
+            host.config.hidden_size,
+            host.config.num_layers,
+        );
+        let prompt = Request::tokens(vec![ids(80, 9, v)]).logits(LogitsAt::None);
+        let mut hp = host.new_cache();
+        host.forward(std::slice::from_mut(&mut hp), &prompt)
+            .unwrap();
+        let mut gp = m.new_cache();
+        m.forward(std::slice::from_mut(&mut gp), &prompt).unwrap();
+        let (hp, gp) = (Arc::new(hp), Arc::new(gp));
+        let sites = [
+            Site::Embed,
+            Site::BlockOut(0),
+            Site::BlockOut(0),
+            Site::BlockOut(l - 1),
+            Site::FinalNorm,
+        ];
+        let rows: Vec<(Site, HiddenRow)> = sites
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                let row = HiddenRow {
+                    start_pos: 8,
+                    states: [vector(90 + i, d, 1.0), vector(95 + i, d, 1.0)].concat(),
+                };
+                (s, row)
+            })
+            .collect();
+        let req = (0..sites.len()).fold(
+            Request::new(Input::Joining(rows)).logits(LogitsAt::All),
+            |r, row| r.read(Site::FinalNorm, row, Positions::All),
+        );
+        let mut hc: Vec<KvCache> = (0..sites.len())
+            .map(|_| KvCache::fork_at(&hp, 8).unwrap())
+            .collect();
+        let mut gc: Vec<CudaKvCache> = (0..sites.len())
+            .map(|_| CudaKvCache::fork_at(&gp, 8).unwrap())
+            .collect();
+        let want = host.forward(&mut hc, &req).unwrap();
+        let got = m.forward(&mut gc, &req).unwrap();
+        assert_outputs(&format!("{name} joining"), &got, &want);
+        assert_caches(&format!("{name} joining"), &gc, &hc, F32_TOL);
+    }
+}
+
 // ---- the patchscope layer on the GPU -----------------------------------------------------
 
 /// The next-token sweep (fast path: shared target prefix, forks, hidden starts, batched

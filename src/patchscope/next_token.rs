@@ -417,28 +417,23 @@ impl<'m, E: Engine> NextToken<'m, E> {
     /// lenses: nothing but the final norm and the LM head runs after them).
     fn run_hidden(&self, cells: Vec<(Site, Vec<f32>)>) -> Result<Vec<Vec<f32>>> {
         let model = self.model;
-        by_site(
-            cells,
-            model.num_layers(),
-            model.supports_joining(),
-            |chunk| {
-                let n = chunk.len();
-                let mut caches: Vec<_> = (0..n).map(|_| model.new_cache()).collect();
-                let rows = chunk
-                    .into_iter()
-                    .map(|(site, states)| {
-                        (
-                            site,
-                            HiddenRow {
-                                start_pos: 0,
-                                states,
-                            },
-                        )
-                    })
-                    .collect();
-                let out = model.forward(&mut caches, &joining_request(rows))?;
-                Ok(last_rows(&out, n))
-            },
-        )
+        by_site(cells, model.num_layers(), |chunk| {
+            let n = chunk.len();
+            let mut caches: Vec<_> = (0..n).map(|_| model.new_cache()).collect();
+            let rows = chunk
+                .into_iter()
+                .map(|(site, states)| {
+                    (
+                        site,
+                        HiddenRow {
+                            start_pos: 0,
+                            states,
+                        },
+                    )
+                })
+                .collect();
+            let out = model.forward(&mut caches, &joining_request(rows))?;
+            Ok(last_rows(&out, n))
+        })
     }
 }

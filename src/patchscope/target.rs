@@ -82,15 +82,14 @@ impl<C: Cache> Target<C> {
     }
 
     /// Logits at the target's last position for each (site, patched state), in the order
-    /// given. Rows of many sites share passes where the backend lets rows join a pass at
-    /// their own sites (`Engine::supports_joining`); otherwise one pass per site.
+    /// given. Rows of many sites share passes, each row joining at its own site.
     pub fn last_logits<E: Engine<Cache = C>>(
         &self,
         model: &E,
         cells: Vec<(Site, Vec<f32>)>,
     ) -> Result<Vec<Vec<f32>>> {
         let num_layers = model.num_layers();
-        by_site(cells, num_layers, model.supports_joining(), |chunk| {
+        by_site(cells, num_layers, |chunk| {
             let n = chunk.len();
             let (mut caches, rows) = self.rows(model, chunk.into_iter())?;
             let out = model.forward(&mut caches, &joining_request(rows))?;
@@ -154,28 +153,19 @@ type JoiningRow = (Site, HiddenRow);
 /// weights once for hundreds of cells, few enough that their logits stay small.
 const ROWS_PER_PASS: usize = 256;
 
-/// Runs `cells` in passes of rows sorted by site (one site per pass unless `joining`),
-/// `run` taking a pass's cells and returning one logit row per cell; the logit rows come
-/// back in the order of `cells`.
+/// Runs `cells` in passes of up to `ROWS_PER_PASS` rows sorted by site, `run` taking a
+/// pass's cells and returning one logit row per cell; the logit rows come back in the
+/// order of `cells`.
 pub(crate) fn by_site<T>(
     cells: Vec<(Site, T)>,
     num_layers: usize,
-    joining: bool,
     mut run: impl FnMut(Vec<(Site, T)>) -> Result<Vec<Vec<f32>>>,
 ) -> Result<Vec<Vec<f32>>> {
     let mut order: Vec<usize> = (0..cells.len()).collect();
     order.sort_by_key(|&i| cells[i].0.order(num_layers));
     let mut slots: Vec<Option<(Site, T)>> = cells.into_iter().map(Some).collect();
     let mut out = vec![Vec::new(); slots.len()];
-    let mut rest = &order[..];
-    while let Some(&first) = rest.first() {
-        let site = slots[first].as_ref().expect("each cell runs once").0;
-        let same_site = rest
-            .iter()
-            .take_while(|&&i| slots[i].as_ref().is_some_and(|c| c.0 == site))
-            .count();
-        let n = if joining { rest.len() } else { same_site }.min(ROWS_PER_PASS);
-        let (chunk, later) = rest.split_at(n);
+    for chunk in order.chunks(ROWS_PER_PASS) {
         let batch = chunk
             .iter()
             .map(|&i| slots[i].take().expect("each cell runs once"))
@@ -183,7 +173,6 @@ pub(crate) fn by_site<T>(
         for (&i, logits) in chunk.iter().zip(run(batch)?) {
             out[i] = logits;
         }
-        rest = later;
     }
     Ok(out)
 }

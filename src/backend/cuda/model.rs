@@ -23,12 +23,12 @@ use crate::backend::cpu::attention::{AttnShape, TokenAt};
 use crate::backend::cpu::matmul::Linear;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::forward::{Input, Logits, Output, Request};
+use crate::forward::{Logits, Output, Request};
 use crate::model::Model;
 use crate::plan::{CacheShape, Init, Plan, StreamOps};
 use crate::stream::{Site, State, WriteOp};
 use crate::tokenizer::Tokenizer;
-use cudarc::driver::{CudaSlice, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaViewMut, ValidAsZeroBits};
 use half::{bf16, f16};
 use std::sync::Arc;
 
@@ -578,12 +578,6 @@ impl CudaModel {
         let dev = &*self.dev;
         let (l, d) = (c.num_layers, c.hidden_size);
         self.check_caches(caches)?;
-        if matches!(req.input, Input::Joining(_)) {
-            return Err(Error::Cuda(
-                "Input::Joining is not supported by the CUDA pass yet (Engine::supports_joining)"
-                    .into(),
-            ));
-        }
         let (start, plan, init) = Plan::new(&self.config, caches, &req.input)?;
         let ops = plan.stream_ops(&self.config, req, start)?;
         let logit_rows = plan.logit_rows(&req.logits)?;
@@ -602,31 +596,57 @@ impl CudaModel {
         let mut states = Vec::new();
         self.apply_site(start, &mut h, &plan, &ops, &mut states)?;
 
-        let first_block = start.next_block(l);
-        if first_block < l {
-            let shape = self.attn_shape();
-            let batch = AttnBatch::new(dev, &plan.tokens, &shape)?;
-            let mut s = self.scratch::<T>(n)?;
-            for layer in first_block..l {
+        // Blocks run in segments: a segment's rows (those that have joined the pass, a
+        // prefix of the batch) stay the same until the next row joins.
+        let shape = self.attn_shape();
+        let mut layer = start.next_block(l);
+        while layer < l {
+            let input_site = layer.checked_sub(1).map_or(Site::Embed, Site::BlockOut);
+            let active = plan.joined(input_site, l);
+            let end = plan
+                .joins
+                .iter()
+                .map(|s| s.next_block(l))
+                .filter(|&b| b > layer)
+                .min()
+                .unwrap_or(l);
+            let nt = active.tokens.len();
+            let batch = AttnBatch::new(dev, &active.tokens, &shape)?;
+            let mut s = self.scratch::<T>(nt)?;
+            for b in layer..end {
                 self.block(
-                    &w.blocks[layer],
-                    layer,
-                    &mut h,
-                    &plan,
+                    &w.blocks[b],
+                    b,
+                    &mut h.slice_mut(..nt * d),
+                    &active,
                     &batch,
-                    caches,
+                    &mut caches[..active.rows.len()],
                     &mut s,
                 )?;
-                self.apply_site(Site::BlockOut(layer), &mut h, &plan, &ops, &mut states)?;
+                self.apply_site(Site::BlockOut(b), &mut h, &plan, &ops, &mut states)?;
             }
+            layer = end;
         }
         let needs_norm = !logit_rows.is_empty()
             || ops.reads.iter().any(|r| r.0 == Site::FinalNorm)
             || ops.writes.iter().any(|w| w.0 == Site::FinalNorm);
         if start != Site::FinalNorm && needs_norm {
-            // SAFETY: rmsnorm writes every value.
+            // rows that join at the final norm come normed already
+            let nn = plan.joined(Site::BlockOut(l - 1), l).tokens.len() * d;
+            // SAFETY: rmsnorm writes the first nn values, the copy the rest.
             let mut normed = unsafe { dev.alloc::<f32>(n * d)? };
-            k::rmsnorm(dev, &h, &w.final_norm, c.rms_norm_eps, &mut normed)?;
+            k::rmsnorm(
+                dev,
+                &h.slice(..nn),
+                &w.final_norm,
+                c.rms_norm_eps,
+                &mut normed.slice_mut(..nn),
+            )?;
+            if nn < n * d {
+                dev.stream()
+                    .memcpy_dtod(&h.slice(nn..), &mut normed.slice_mut(nn..))
+                    .map_err(|e| cuda_err("copying final-norm rows", e))?;
+            }
             h = normed;
             self.apply_site(Site::FinalNorm, &mut h, &plan, &ops, &mut states)?;
         }
@@ -672,7 +692,7 @@ impl CudaModel {
         &self,
         b: &BlockW<T>,
         layer: usize,
-        h: &mut CudaSlice<f32>,
+        h: &mut CudaViewMut<'_, f32>,
         plan: &Plan,
         batch: &AttnBatch,
         caches: &mut [CudaKvCache],
