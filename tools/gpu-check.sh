@@ -108,6 +108,7 @@ BIN=$(cd "$BIN" 2>/dev/null && pwd) || {
     echo "no binary folder ${2:-$REPO/gpu-bin}: make it on the build machine with tools/gpu-check.sh --pack" >&2
     exit 2
 }
+export BIN  # tools/bench_gpu.sh finds qwen-scope there
 export QWEN_SCOPE_FIXTURES="$REPO/tests/fixtures"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export RUST_BACKTRACE=1
@@ -208,7 +209,7 @@ elif [ ! -f "$MODEL_05B/config.json" ]; then
     printf '%-18s %-28s\n' bench "FAILED (no $MODEL_05B: hf-parity makes it)" | tee -a "$SUMMARY"
     FAILED=1
 else
-    BIN="$BIN" step bench 420 "$REPO/tools/bench_gpu.sh" "$MODEL_05B" "$OUT/bench"
+    step bench 420 "$REPO/tools/bench_gpu.sh" "$MODEL_05B" "$OUT/bench"
     step roofline 60 python3 "$REPO/tools/roofline.py" --config "$MODEL_05B/config.json" \
         --dtype f16 --batch 1 --tokens 128 --context 160 \
         --measured "$OUT/bench/roofline.json" --card T4 --card P100
