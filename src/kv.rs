@@ -79,6 +79,12 @@ impl KvCache {
         out
     }
 
+    /// [`KvCache::segments`] into `out` (cleared first), reusing its allocation.
+    pub fn segments_into<'a>(&'a self, layer: usize, limit: usize, out: &mut Vec<Segment<'a>>) {
+        out.clear();
+        self.collect_segments(layer, limit, out);
+    }
+
     fn collect_segments<'a>(&'a self, layer: usize, limit: usize, out: &mut Vec<Segment<'a>>) {
         let from_prefix = limit.min(self.prefix_len[layer]);
         if let Some(prefix) = &self.prefix {

@@ -31,37 +31,51 @@ pub fn attention(
     let group = s.num_heads / s.num_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0.0f32; tokens.len() * q_dim];
-    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-        let (t, head) = (i / s.num_heads, i % s.num_heads);
-        let tok = tokens[t];
-        let segs = caches[tok.row].segments(layer, tok.pos + 1);
-        let qh = &q[t * q_dim + head * hd..][..hd];
-        attend_one(
-            qh,
-            &segs,
-            (head / group) * hd,
-            s.num_kv_heads * hd,
-            scale,
-            o,
-        );
-    });
+    let dot = super::matmul::dot_kernel();
+    // one (token, head) per item; the segment list and the scores buffer are reused
+    // across the items of a rayon job (allocating them per item cost more than the math)
+    out.par_chunks_mut(hd).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(segs, scores), (i, o)| {
+            let (t, head) = (i / s.num_heads, i % s.num_heads);
+            let tok = tokens[t];
+            caches[tok.row].segments_into(layer, tok.pos + 1, segs);
+            let qh = &q[t * q_dim + head * hd..][..hd];
+            let kv = (head / group) * hd..(head / group + 1) * hd;
+            let at = Keys {
+                segs,
+                kv,
+                kv_dim: s.num_kv_heads * hd,
+            };
+            attend_one(qh, &at, scale, dot, scores, o);
+        },
+    );
     out
 }
 
-/// Softmax(q·K^T * scale) · V for one head over the given segments.
+/// One head's cached keys and values: the segments, the head's range within a cached
+/// row, and the row width.
+struct Keys<'s, 'a> {
+    segs: &'s [Segment<'a>],
+    kv: std::ops::Range<usize>,
+    kv_dim: usize,
+}
+
+/// Softmax(q·K^T * scale) · V for one head; `dot` is the widest dot product this CPU
+/// runs (a plain sum would be one long chain of dependent adds); `scores` is scratch.
 fn attend_one(
     q: &[f32],
-    segs: &[Segment],
-    kv_off: usize,
-    kv_dim: usize,
+    at: &Keys,
     scale: f32,
+    dot: fn(&[f32], &[f32]) -> f32,
+    scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let hd = q.len();
-    let mut scores: Vec<f32> = Vec::new();
+    let (segs, kv, kv_dim) = (at.segs, at.kv.clone(), at.kv_dim);
+    scores.clear();
     for seg in segs {
         for k in seg.k.chunks_exact(kv_dim) {
-            scores.push(dot(q, &k[kv_off..kv_off + hd]) * scale);
+            scores.push(dot(q, &k[kv.clone()]) * scale);
         }
     }
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -75,13 +89,9 @@ fn attend_one(
     for seg in segs {
         for v in seg.v.chunks_exact(kv_dim) {
             let w = p.next().copied().unwrap_or(0.0) / sum;
-            for (o, vi) in out.iter_mut().zip(&v[kv_off..kv_off + hd]) {
+            for (o, vi) in out.iter_mut().zip(&v[kv.clone()]) {
                 *o += w * vi;
             }
         }
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

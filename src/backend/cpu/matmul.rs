@@ -129,7 +129,7 @@ fn small_m(x: &[f32], m: usize, w: &[f32], k: usize, n: usize, y: &mut [f32]) {
 
 /// The widest dot product this CPU runs (AVX2+FMA where present, chosen at run time:
 /// the crate is built for baseline x86-64).
-fn dot_kernel() -> fn(&[f32], &[f32]) -> f32 {
+pub(crate) fn dot_kernel() -> fn(&[f32], &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         return |a, b| {
