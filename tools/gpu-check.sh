@@ -172,8 +172,8 @@ if [ -n "$ROOT" ] && [ ! -d "$ROOT/tests/fixtures" ]; then
     fi
 fi
 
-step kernels 600 "$BIN/cuda_kernels" --nocapture
-step model 600 "$BIN/cuda_model" --nocapture
+step kernels 600 "$BIN/cuda_kernels" --nocapture --test-threads=1
+step model 600 "$BIN/cuda_model" --nocapture --test-threads=1
 step parity 600 "$BIN/parity"
 
 SAN=$(command -v compute-sanitizer || true)
