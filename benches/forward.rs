@@ -12,6 +12,7 @@ use criterion::{
     SamplingMode, Throughput,
 };
 use qwen_scope::backend::cuda::{CudaKvCache, CudaModel, DType};
+use qwen_scope::data::fixed_token_rows;
 use qwen_scope::{KvCache, LogitsAt, Request};
 
 const PROMPT: usize = 32;
@@ -30,10 +31,10 @@ struct Passes {
 impl Passes {
     fn new(vocab: usize) -> Self {
         let last = |rows| Request::tokens(rows).logits(LogitsAt::Last);
-        let batch = common::token_rows(BATCH, PROMPT, vocab);
+        let batch = fixed_token_rows(BATCH, PROMPT, vocab);
         let step = batch.iter().map(|r| vec![r[0]]).collect();
         Passes {
-            prefill: last(common::token_rows(1, PROMPT, vocab)),
+            prefill: last(fixed_token_rows(1, PROMPT, vocab)),
             batch_prompt: last(batch),
             step: last(step),
         }

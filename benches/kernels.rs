@@ -22,6 +22,7 @@ use qwen_scope::backend::cpu::{
 };
 use qwen_scope::backend::cuda::kernels::{self as ck, AttnBatch, KvTable, RowLayout, Splits};
 use qwen_scope::backend::cuda::{gemm, CudaFloat, Device};
+use qwen_scope::data::fixed_token_rows;
 use qwen_scope::{KvCache, LogitsAt, Model, Request};
 use std::hint::black_box;
 use std::sync::{Arc, OnceLock};
@@ -355,7 +356,7 @@ fn bench_embedding(c: &mut Criterion) {
     let dev = gpu();
     let mut g = c.benchmark_group("embedding");
     let table = values(VOCAB * HIDDEN, 10);
-    let ids = common::token_rows(1, PREFILL, VOCAB).remove(0);
+    let ids = fixed_token_rows(1, PREFILL, VOCAB).remove(0);
     g.throughput(moved::<f32, f32>(PREFILL * HIDDEN, PREFILL * HIDDEN));
     g.bench_function(id("cpu", PREFILL), |b| {
         b.iter(|| embedding::embedding(&table, HIDDEN, black_box(&ids)))
@@ -454,7 +455,7 @@ fn attention_model() -> (tempfile::TempDir, Model) {
 
 /// A cache holding `len` positions of a random prompt.
 fn filled_cache(model: &Model, len: usize) -> KvCache {
-    let ids = common::token_rows(1, len, model.config.vocab_size);
+    let ids = fixed_token_rows(1, len, model.config.vocab_size);
     let mut caches = [model.new_cache()];
     let req = Request::tokens(ids).logits(LogitsAt::None);
     model.forward(&mut caches, &req).expect("cache fill");

@@ -7,6 +7,20 @@ use std::path::Path;
 /// 300 varied sentences written for qwen-scope (data/prompts.txt).
 pub const DEFAULT_PROMPTS: &str = include_str!("../data/prompts.txt");
 
+/// `rows` rows of `len` fixed token ids spread over the vocabulary, different per row:
+/// the deterministic input of `qwen-scope bench`, the criterion suites and the peers'
+/// harnesses (tools/bench_torch.py, compare/candle), which use the same formula.
+pub fn fixed_token_rows(rows: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
+    let vocab = vocab as u64;
+    (0..rows as u64)
+        .map(|r| {
+            (0..len as u64)
+                .map(|i| ((r * 7919 + i * 104_729 + 13) % vocab) as u32)
+                .collect()
+        })
+        .collect()
+}
+
 /// Reads prompts from a .txt or .jsonl file; blank lines are skipped.
 pub fn load_prompts(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

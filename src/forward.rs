@@ -146,18 +146,18 @@ impl Model {
         let mut out = Output::default();
 
         self.apply_site(start, &mut h, &plan, &ops, &mut out.states);
-        for layer in start.next_block(num_layers)..num_layers {
-            // the rows that joined before this block: a prefix of the batch
-            let input_site = layer.checked_sub(1).map_or(Site::Embed, Site::BlockOut);
-            let active = plan.joined(input_site, num_layers);
+        for (blocks, active) in plan.segments(start, num_layers) {
             let tokens = active.tokens.len();
-            self.block(
-                layer,
-                &mut h[..tokens * hidden],
-                &active,
-                &mut caches[..active.rows.len()],
-            );
-            self.apply_site(Site::BlockOut(layer), &mut h, &plan, &ops, &mut out.states);
+            for layer in blocks {
+                let rows = active.rows.len();
+                self.block(
+                    layer,
+                    &mut h[..tokens * hidden],
+                    &active,
+                    &mut caches[..rows],
+                );
+                self.apply_site(Site::BlockOut(layer), &mut h, &plan, &ops, &mut out.states);
+            }
         }
         let needs_norm = !logit_rows.is_empty()
             || ops.reads.iter().any(|r| r.0 == Site::FinalNorm)

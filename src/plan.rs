@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::forward::{HiddenRow, Input, LogitsAt, Request};
 use crate::stream::{Positions, Site, WriteOp};
+use std::ops::Range;
 
 /// The cache facts a plan depends on.
 pub(crate) trait CacheShape {
@@ -178,6 +179,27 @@ impl Plan {
             ),
         };
         Ok((site, plan, init))
+    }
+
+    /// The blocks a pass from `start` runs, cut where a row joins: each segment with the
+    /// plan of the rows that run it (those joined before its first block, a prefix of the
+    /// batch). One segment unless rows join at several sites.
+    pub fn segments(&self, start: Site, num_layers: usize) -> Vec<(Range<usize>, Plan)> {
+        let mut out = Vec::new();
+        let mut layer = start.next_block(num_layers);
+        while layer < num_layers {
+            let input_site = layer.checked_sub(1).map_or(Site::Embed, Site::BlockOut);
+            let end = self
+                .joins
+                .iter()
+                .map(|s| s.next_block(num_layers))
+                .filter(|&b| b > layer)
+                .min()
+                .unwrap_or(num_layers);
+            out.push((layer..end, self.joined(input_site, num_layers)));
+            layer = end;
+        }
+        out
     }
 
     /// The plan of the rows that joined the pass at `site` or before it.

@@ -168,6 +168,22 @@ fn assert_caches(what: &str, got: &[CudaKvCache], want: &[KvCache], tol: f32) {
     }
 }
 
+/// Runs `req` on the CPU and the GPU (row r continuing `cc[r]` / `gc[r]`) and checks
+/// that the outputs and the caches agree in f32.
+fn assert_same_pass(
+    what: &str,
+    host: &Model,
+    m: &CudaModel,
+    cc: &mut [KvCache],
+    gc: &mut [CudaKvCache],
+    req: &Request,
+) {
+    let want = host.forward(cc, req).unwrap();
+    let got = m.forward(gc, req).unwrap();
+    assert_outputs(what, &got, &want);
+    assert_caches(what, gc, cc, F32_TOL);
+}
+
 /// Reads of every site at every position of every row.
 fn read_everything(mut req: Request, rows: usize, num_layers: usize) -> Request {
     let sites = std::iter::once(Site::Embed)
@@ -205,10 +221,7 @@ fn f32_single_prompt_logits_states_and_cache_match_cpu() {
         );
         let mut cc = [host.new_cache()];
         let mut gc = [m.new_cache()];
-        let want = host.forward(&mut cc, &req).unwrap();
-        let got = m.forward(&mut gc, &req).unwrap();
-        assert_outputs(name, &got, &want);
-        assert_caches(name, &gc, &cc, F32_TOL);
+        assert_same_pass(name, &host, &m, &mut cc, &mut gc, &req);
     }
 }
 
@@ -246,10 +259,7 @@ fn f32_batched_unequal_lengths_with_writes_match_cpu() {
             .read(Site::Embed, 2, Positions::At(vec![4]));
         let mut cc: Vec<KvCache> = (0..4).map(|_| host.new_cache()).collect();
         let mut gc: Vec<CudaKvCache> = (0..4).map(|_| m.new_cache()).collect();
-        let want = host.forward(&mut cc, &req).unwrap();
-        let got = m.forward(&mut gc, &req).unwrap();
-        assert_outputs(name, &got, &want);
-        assert_caches(name, &gc, &cc, F32_TOL);
+        assert_same_pass(name, &host, &m, &mut cc, &mut gc, &req);
     }
 }
 
@@ -347,10 +357,7 @@ fn f32_forks_and_hidden_starts_match_cpu() {
             4,
             l,
         );
-        let want = host.forward(&mut cc, &req).unwrap();
-        let got = m.forward(&mut gc, &req).unwrap();
-        assert_outputs(&format!("{name} forks"), &got, &want);
-        assert_caches(&format!("{name} forks"), &gc, &cc, F32_TOL);
+        assert_same_pass(&format!("{name} forks"), &host, &m, &mut cc, &mut gc, &req);
         // The prefix is untouched.
         assert_caches(
             &format!("{name} prefix"),
@@ -404,10 +411,14 @@ fn f32_forks_and_hidden_starts_match_cpu() {
         .read(Site::BlockOut(0), 0, Positions::All)
         .read(Site::BlockOut(l - 1), 1, Positions::All)
         .read(Site::FinalNorm, 0, Positions::Last);
-        let want = host.forward(&mut cc, &req).unwrap();
-        let got = m.forward(&mut gc, &req).unwrap();
-        assert_outputs(&format!("{name} hidden start"), &got, &want);
-        assert_caches(&format!("{name} hidden start"), &gc, &cc, F32_TOL);
+        assert_same_pass(
+            &format!("{name} hidden start"),
+            &host,
+            &m,
+            &mut cc,
+            &mut gc,
+            &req,
+        );
 
         // A start at the final norm runs no block: logits straight from the states.
         let req = Request::new(Input::Hidden {
@@ -705,10 +716,14 @@ fn f32_joining_pass_matches_cpu() {
         let mut gc: Vec<CudaKvCache> = (0..sites.len())
             .map(|_| CudaKvCache::fork_at(&gp, 8).unwrap())
             .collect();
-        let want = host.forward(&mut hc, &req).unwrap();
-        let got = m.forward(&mut gc, &req).unwrap();
-        assert_outputs(&format!("{name} joining"), &got, &want);
-        assert_caches(&format!("{name} joining"), &gc, &hc, F32_TOL);
+        assert_same_pass(
+            &format!("{name} joining"),
+            &host,
+            &m,
+            &mut hc,
+            &mut gc,
+            &req,
+        );
     }
 }
 

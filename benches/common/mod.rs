@@ -51,19 +51,6 @@ pub fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// `rows` rows of `len` fixed token ids spread over the vocabulary, different per row
-/// (the ids `qwen-scope bench` uses).
-pub fn token_rows(rows: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
-    let vocab = vocab as u64;
-    (0..rows as u64)
-        .map(|r| {
-            (0..len as u64)
-                .map(|i| ((r * 7919 + i * 104_729 + 13) % vocab) as u32)
-                .collect()
-        })
-        .collect()
-}
-
 pub fn crate_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
 }

@@ -2,6 +2,7 @@
 //! with the roofline arithmetic of each (bytes moved, FLOPs, the rates they imply).
 
 use anyhow::{ensure, Result};
+use qwen_scope::data::fixed_token_rows;
 use qwen_scope::{Config, Engine, LogitsAt, Request};
 use std::time::Instant;
 
@@ -16,15 +17,7 @@ pub fn bench<E: Engine>(
         tokens > 0 && batch > 0 && repeat > 0,
         "--tokens, --batch and --repeat must be positive"
     );
-    let vocab = model.config().vocab_size as u64;
-    // fixed pseudo-random ids, different per row
-    let rows: Vec<Vec<u32>> = (0..batch as u64)
-        .map(|r| {
-            (0..tokens as u64)
-                .map(|i| ((r * 7919 + i * 104_729 + 13) % vocab) as u32)
-                .collect()
-        })
-        .collect();
+    let rows = fixed_token_rows(batch, tokens, model.config().vocab_size);
     let mut prefill = Vec::new();
     let mut step = Vec::new();
     for _ in 0..repeat {

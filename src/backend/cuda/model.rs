@@ -596,24 +596,12 @@ impl CudaModel {
         let mut states = Vec::new();
         self.apply_site(start, &mut h, &plan, &ops, &mut states)?;
 
-        // Blocks run in segments: a segment's rows (those that have joined the pass, a
-        // prefix of the batch) stay the same until the next row joins.
         let shape = self.attn_shape();
-        let mut layer = start.next_block(l);
-        while layer < l {
-            let input_site = layer.checked_sub(1).map_or(Site::Embed, Site::BlockOut);
-            let active = plan.joined(input_site, l);
-            let end = plan
-                .joins
-                .iter()
-                .map(|s| s.next_block(l))
-                .filter(|&b| b > layer)
-                .min()
-                .unwrap_or(l);
+        for (blocks, active) in plan.segments(start, l) {
             let nt = active.tokens.len();
             let batch = AttnBatch::new(dev, &active.tokens, &shape)?;
             let mut s = self.scratch::<T>(nt)?;
-            for b in layer..end {
+            for b in blocks {
                 self.block(
                     &w.blocks[b],
                     b,
@@ -625,7 +613,6 @@ impl CudaModel {
                 )?;
                 self.apply_site(Site::BlockOut(b), &mut h, &plan, &ops, &mut states)?;
             }
-            layer = end;
         }
         let needs_norm = !logit_rows.is_empty()
             || ops.reads.iter().any(|r| r.0 == Site::FinalNorm)
