@@ -1,6 +1,7 @@
 //! Where a model's files are: a local folder, or a Hugging Face repo id resolved through
 //! hf-hub (honouring HF_HOME, HF_HUB_OFFLINE and a revision).
 
+use crate::digest::file_fingerprint;
 use crate::error::{Error, Result};
 use hf_hub::{Cache, Repo, RepoType};
 use std::collections::BTreeSet;
@@ -12,6 +13,23 @@ pub struct ModelFiles {
     pub config: PathBuf,
     pub weights: Vec<PathBuf>,
     pub tokenizer: PathBuf,
+}
+
+impl ModelFiles {
+    /// Each file's name and [`file_fingerprint`]: what a results folder records, so that
+    /// resuming it with weights changed in place is refused.
+    pub fn fingerprint(&self) -> Result<Vec<(String, String)>> {
+        let mut all = vec![&self.config, &self.tokenizer];
+        all.extend(&self.weights);
+        all.into_iter()
+            .map(|p| {
+                let name = p.file_name().map_or(p.display().to_string(), |n| {
+                    n.to_string_lossy().into_owned()
+                });
+                Ok((name, file_fingerprint(p)?))
+            })
+            .collect()
+    }
 }
 
 const INDEX: &str = "model.safetensors.index.json";

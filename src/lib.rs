@@ -23,6 +23,7 @@
 pub mod backend;
 pub mod config;
 pub mod data;
+pub mod digest;
 pub mod engine;
 pub mod error;
 pub mod forward;

@@ -142,6 +142,15 @@ impl ModelArgs {
         Ok(Loaded::Cuda(model))
     }
 
+    /// The model's name and file fingerprints, for a results folder's run.json.
+    fn run_model(&self) -> Result<cli::RunModel> {
+        let files = qwen_scope::hub::resolve(&self.model, self.revision.as_deref())?;
+        Ok(cli::RunModel {
+            name: self.model.clone(),
+            files: files.fingerprint()?,
+        })
+    }
+
     fn load_host(&self) -> Result<Model> {
         let t = Instant::now();
         let model = Model::load(&self.model, self.revision.as_deref())
@@ -249,11 +258,15 @@ fn run(command: Command) -> Result<()> {
             max_new,
         } => with_engine!(model, |m| cli::forward::generate(m, &prompt, max_new)),
         Command::Sweep { model, sweep } => {
-            with_engine!(model, |m| cli::sweep::sweep(m, &model.model, &sweep))
+            let run_model = model.run_model()?;
+            with_engine!(model, |m| cli::sweep::sweep(m, &run_model, &sweep))
         }
-        Command::Attributes { model, attributes } => with_engine!(model, |m| {
-            cli::attributes::attributes(m, &model.model, &attributes)
-        }),
+        Command::Attributes { model, attributes } => {
+            let run_model = model.run_model()?;
+            with_engine!(model, |m| {
+                cli::attributes::attributes(m, &run_model, &attributes)
+            })
+        }
         Command::Inspect { model, inspect } => {
             with_engine!(model, |m| cli::inspect::inspect(m, &inspect))
         }

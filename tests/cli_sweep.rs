@@ -19,10 +19,14 @@ fn prompts_file(dir: &Path) -> String {
 }
 
 fn sweep(out: &Path, prompts: &str, extra: &[&str]) -> (i32, String, String) {
+    sweep_model(&tiny(), out, prompts, extra)
+}
+
+fn sweep_model(model: &str, out: &Path, prompts: &str, extra: &[&str]) -> (i32, String, String) {
     let mut args = vec![
         "sweep",
         "--model",
-        &tiny(),
+        model,
         "--prompts",
         prompts,
         "--train",
@@ -163,6 +167,80 @@ fn sweep_refuses_bad_input() {
     let (code, _, err) = sweep(&out, &prompts, &["--resume", "--grid"]);
     assert_ne!(code, 0);
     assert!(err.contains("other settings"), "{err}");
+}
+
+#[test]
+fn resume_refuses_changed_weights_and_other_experiments() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = prompts_file(dir.path());
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(common::fixture("tiny-qwen2")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let m = model.to_str().unwrap();
+    let out = dir.path().join("out");
+    let (code, _, err) = sweep_model(m, &out, &prompts, &[]);
+    assert_eq!(code, 0, "{err}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
+    let recorded = &record["model"];
+    assert_eq!(recorded["qwen_scope_version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        recorded["files"]["model.safetensors"].is_string(),
+        "{record}"
+    );
+    let (code, _, err) = sweep_model(m, &out, &prompts, &["--resume"]);
+    assert_eq!(code, 0, "unchanged weights resume: {err}");
+
+    // the same file name, other weights: one byte of the last tensor changed in place
+    let weights = model.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    std::fs::write(&weights, &bytes).unwrap();
+    let (code, _, err) = sweep_model(m, &out, &prompts, &["--resume"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("other settings") && err.contains("  model: earlier"),
+        "{err}"
+    );
+
+    // a sweep never writes into another experiment's folder, nor the reverse
+    let attrs = dir.path().join("attributes");
+    let relations = concat!(env!("CARGO_MANIFEST_DIR"), "/data/relations/capitals.json");
+    let attributes = |out: &Path| {
+        run(&[
+            "attributes",
+            "--model",
+            m,
+            "--relations",
+            relations,
+            "--limit",
+            "1",
+            "--source-layers",
+            "1",
+            "--target-layers",
+            "1",
+            "--all-rows",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (code, _, err) = attributes(&attrs);
+    assert_eq!(code, 0, "{err}");
+    for resume in [false, true] {
+        let extra: &[&str] = if resume { &["--resume"] } else { &[] };
+        let (code, _, err) = sweep_model(m, &attrs, &prompts, extra);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("holds results of another experiment (\"attributes\")"),
+            "{err}"
+        );
+    }
+    let (code, _, err) = attributes(&out);
+    assert_ne!(code, 0);
+    assert!(err.contains("another experiment (\"next_token\")"), "{err}");
 }
 
 #[test]

@@ -284,3 +284,49 @@ fn cli_forward_dump_matches_the_library() {
     );
     assert!(st.tensor("row0.resid_post.3").is_ok() && st.tensor("row0.embed").is_ok());
 }
+
+#[test]
+fn generate_stops_at_the_context_limit_and_keeps_its_tokens() {
+    let tiny = common::fixture("tiny-qwen2");
+    let model = qwen_scope::Model::load(tiny.to_str().unwrap(), None).unwrap();
+    let limit = model.config.max_position_embeddings;
+    // a prompt 8 positions short of the limit: room for 9 new tokens (the last is not fed)
+    let mut prompt = String::new();
+    while model.tokenizer.encode(&prompt).unwrap().len() < limit - 8 {
+        prompt.push_str(" word");
+    }
+    let tokens = model.tokenizer.encode(&prompt).unwrap().len();
+    let room = limit + 1 - tokens;
+    let tiny = tiny.to_str().unwrap();
+    let generate = |n: usize| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwen-scope"))
+            .args([
+                "generate", "--device", "cpu", "--model", tiny, "--prompt", &prompt,
+            ])
+            .args(["--max-new", &n.to_string()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, stdout, err) = generate(room + 20);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "stopped after {room} of {} tokens: the model's context limit is {limit} positions",
+            room + 20
+        )),
+        "{err}"
+    );
+    let (code, exact, err) = generate(room);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("stopped after"), "{err}");
+    assert_eq!(
+        stdout, exact,
+        "the tokens made before the limit are printed"
+    );
+    assert!(stdout.len() > prompt.len());
+}

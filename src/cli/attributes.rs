@@ -46,7 +46,11 @@ struct Record {
     result: RowResult,
 }
 
-pub fn attributes<E: Engine>(model: &E, model_name: &str, a: &AttributesArgs) -> Result<()> {
+pub fn attributes<E: Engine>(
+    model: &E,
+    run_model: &super::RunModel,
+    a: &AttributesArgs,
+) -> Result<()> {
     let num_layers = model.num_layers();
     let exp = Attributes {
         model,
@@ -63,7 +67,7 @@ pub fn attributes<E: Engine>(model: &E, model_name: &str, a: &AttributesArgs) ->
         .collect::<qwen_scope::Result<Vec<_>>>()?;
     let run = serde_json::json!({
         "experiment": "attributes",
-        "model": model_name,
+        "model": run_model.record(),
         "device": model.describe(),
         "relations": a.relations.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "target": a.target,
@@ -73,7 +77,7 @@ pub fn attributes<E: Engine>(model: &E, model_name: &str, a: &AttributesArgs) ->
         "only_correct": exp.only_correct,
         "limit": a.limit,
     });
-    super::sweep::prepare_out(&a.out, &run, a.resume)?;
+    super::sweep::prepare_out(&a.out, &run, "rows.jsonl", a.resume)?;
     let (mut journal, mut done) = Journal::open::<Record>(&a.out.join("rows.jsonl"), !a.resume)?;
     let todo: Vec<(
         String,

@@ -110,11 +110,20 @@ pub fn forward<E: Engine>(model: &E, prompts: &[String], out: &Path, k: usize) -
 
 pub fn generate<E: Engine>(model: &E, prompt: &str, max_new: usize) -> Result<()> {
     let rows = encode_all(model, &[prompt.to_string()])?;
+    // the last generated token is never fed back, so it needs no position of its own
+    let limit = model.config().max_position_embeddings;
+    let room = (limit + 1).saturating_sub(rows[0].len());
+    let n = max_new.min(room.max(1));
     let mut caches = vec![model.new_cache()];
     let t = Instant::now();
-    let new = model.greedy(&mut caches, Request::tokens(rows), max_new)?;
+    let new = model.greedy(&mut caches, Request::tokens(rows), n)?;
     let secs = t.elapsed().as_secs_f64();
     println!("{}{}", prompt, model.tokenizer().decode(&new[0])?);
     eprintln!("{} tokens in {secs:.2}s", new[0].len());
+    if n < max_new {
+        eprintln!(
+            "note: stopped after {n} of {max_new} tokens: the model's context limit is {limit} positions"
+        );
+    }
     Ok(())
 }

@@ -59,7 +59,7 @@ pub enum LensPositions {
     All,
 }
 
-pub fn sweep<E: Engine>(model: &E, model_name: &str, a: &SweepArgs) -> Result<()> {
+pub fn sweep<E: Engine>(model: &E, run_model: &super::RunModel, a: &SweepArgs) -> Result<()> {
     let prompts = match &a.prompts {
         Some(p) => load_prompts(p)?,
         None => parse_lines(DEFAULT_PROMPTS),
@@ -80,7 +80,7 @@ pub fn sweep<E: Engine>(model: &E, model_name: &str, a: &SweepArgs) -> Result<()
     );
     let run = serde_json::json!({
         "experiment": "next_token",
-        "model": model_name,
+        "model": run_model.record(),
         "device": model.describe(),
         "num_layers": model.num_layers(),
         "prompts": a.prompts.as_ref().map(|p| p.display().to_string()).unwrap_or("default".into()),
@@ -93,7 +93,7 @@ pub fn sweep<E: Engine>(model: &E, model_name: &str, a: &SweepArgs) -> Result<()
         "lens_positions": if a.lens_positions == LensPositions::All { "all" } else { "one" },
         "path": if a.reference { "reference" } else { "fast" },
     });
-    prepare_out(&a.out, &run, a.resume)?;
+    prepare_out(&a.out, &run, "samples.jsonl", a.resume)?;
 
     let encode = |range: std::ops::Range<usize>| -> Result<Vec<(usize, Vec<u32>)>> {
         range
@@ -172,26 +172,44 @@ fn report_phases(t: &PhaseTimes, samples: usize, num_layers: usize, grid: bool) 
     );
 }
 
-/// Creates the results folder; refuses to mix runs: a different run there needs a new
-/// --out, and an existing one needs --resume (or is started over when it has no journal).
-pub fn prepare_out(out: &Path, run: &serde_json::Value, resume: bool) -> Result<()> {
+/// Creates the results folder; refuses to mix runs: another experiment's folder, or a
+/// different run, needs a new --out; an existing run needs --resume (or is started over
+/// when its `journal` is missing).
+pub fn prepare_out(out: &Path, run: &serde_json::Value, journal: &str, resume: bool) -> Result<()> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create results folder {}", out.display()))?;
     let run_file = out.join("run.json");
-    if resume {
-        let old = std::fs::read_to_string(&run_file)
-            .with_context(|| format!("--resume: no earlier run in {}", out.display()))?;
-        let old: serde_json::Value =
-            serde_json::from_str(&old).context("--resume: corrupt run.json")?;
-        if &old != run {
+    let old: Option<serde_json::Value> =
+        match std::fs::read_to_string(&run_file) {
+            Ok(text) => Some(serde_json::from_str(&text).with_context(|| {
+                format!("{} is not a qwen-scope run record", run_file.display())
+            })?),
+            Err(_) => None,
+        };
+    if let Some(old) = &old {
+        if old["experiment"] != run["experiment"] {
             bail!(
-                "--resume: {} holds a run with other settings:\n  earlier: {old}\n  now:     {run}",
-                out.display()
+                "{} holds results of another experiment ({}): choose another --out",
+                out.display(),
+                old["experiment"]
+            );
+        }
+    }
+    if resume {
+        let Some(old) = old else {
+            bail!("--resume: no earlier run in {}", out.display());
+        };
+        let changed = changed_settings(&old, run);
+        if !changed.is_empty() {
+            bail!(
+                "--resume: {} holds a run with other settings:\n{}",
+                out.display(),
+                changed.join("\n")
             );
         }
         return Ok(());
     }
-    if out.join("samples.jsonl").exists() && run_file.exists() {
+    if old.is_some() && out.join(journal).exists() {
         bail!(
             "{} already holds a run: pass --resume to continue it, or choose another --out",
             out.display()
@@ -200,6 +218,25 @@ pub fn prepare_out(out: &Path, run: &serde_json::Value, resume: bool) -> Result<
     write_atomic(&run_file, &serde_json::to_vec_pretty(run)?)
         .with_context(|| format!("results folder {} is not writable", out.display()))?;
     Ok(())
+}
+
+/// The run settings that differ, one line each: "  key: earlier X, now Y".
+fn changed_settings(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (o, n) = (
+        old.as_object().unwrap_or(&empty),
+        new.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| o.get(*k) != n.get(*k))
+        .map(|k| {
+            let show = |v: Option<&serde_json::Value>| v.map_or("absent".into(), |v| v.to_string());
+            format!("  {k}: earlier {}, now {}", show(o.get(k)), show(n.get(k)))
+        })
+        .collect()
 }
 
 /// Fits the tuned lens on the training prompts, or reloads the fit of the run being resumed.
@@ -253,7 +290,7 @@ fn write_reports<E: Engine>(
     summary::write_summary_json(&out.join("summary.json"), run, &sum)?;
     let title = format!(
         "next-token decoding: {}",
-        run["model"].as_str().unwrap_or("")
+        run["model"]["name"].as_str().unwrap_or("")
     );
     plot::layer_curves(&out.join("next_token.png"), &title, &sum)?;
     if grid {
@@ -310,12 +347,10 @@ pub fn progress(len: usize, what: &str) -> ProgressBar {
 
 /// A stable fingerprint of the prompts, so --resume refuses a changed prompt file.
 fn digest(prompts: &[String]) -> String {
-    // FNV-1a 64: stable across platforms and releases, unlike std's hasher
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = qwen_scope::digest::Fnv64::default();
     for p in prompts {
-        for b in p.bytes().chain(std::iter::once(b'\n')) {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
+        h.update(p.as_bytes());
+        h.update(b"\n");
     }
-    format!("{h:016x}")
+    h.hex()
 }
