@@ -58,7 +58,7 @@ fn bench_sweep(c: &mut Criterion) {
     sweep_on(c, "tiny-qwen2", &tiny, 8);
     match common::smollm2() {
         Some(dir) => sweep_on(c, "smollm2-135m", &common::load(&dir), 4),
-        None => println!("sweep: smollm2-135m: SKIPPED: models/smollm2-135m is missing (tools/get_smollm2.sh makes it)"),
+        None => println!("sweep: smollm2-135m: SKIPPED: models/smollm2-135m is missing (tools/get_model.sh smollm2-135m makes it)"),
     }
 }
 

@@ -3,12 +3,14 @@
 //! [`Model`] (CPU, f32) and [`CudaModel`] (one GPU) both implement it, so every experiment
 //! runs unchanged on either; the CPU one is the reference the other is tested against.
 
+use crate::backend::cpu::logits::argmax;
 use crate::backend::cuda::{CudaKvCache, CudaModel, DType};
 use crate::config::Config;
 use crate::error::Result;
-use crate::forward::{Output, Request};
+use crate::forward::{HiddenRow, Input, LogitsAt, Output, Request};
 use crate::kv::KvCache;
 use crate::model::Model;
+use crate::stream::Site;
 use crate::tokenizer::Tokenizer;
 use std::sync::Arc;
 
@@ -36,6 +38,28 @@ pub trait Engine {
         first: Request,
         max_new: usize,
     ) -> Result<Vec<Vec<u32>>>;
+    /// The LM head's argmax for each final-normed state: what `argmax` of its logits gives,
+    /// without handing the logits back.
+    fn head_argmax(&self, final_normed: Vec<Vec<f32>>) -> Result<Vec<u32>> {
+        let n = final_normed.len();
+        let rows = final_normed
+            .into_iter()
+            .map(|states| HiddenRow {
+                start_pos: 0,
+                states,
+            })
+            .collect();
+        let req = Request::new(Input::Hidden {
+            site: Site::FinalNorm,
+            rows,
+        })
+        .logits(LogitsAt::Last);
+        let mut caches: Vec<_> = (0..n).map(|_| self.new_cache()).collect();
+        let out = self.forward(&mut caches, &req)?;
+        Ok((0..n)
+            .map(|r| argmax(out.last_logits(r).expect("one logit row per row")) as u32)
+            .collect())
+    }
     /// Where the pass runs, for logs and reports ("cpu f32", "cuda:0 NVIDIA H100 f16").
     fn describe(&self) -> String;
     /// Bytes per element of the weight matrices and the KV cache.
@@ -80,6 +104,16 @@ impl Engine for Model {
         max_new: usize,
     ) -> Result<Vec<Vec<u32>>> {
         Model::greedy(self, caches, first, max_new)
+    }
+    fn head_argmax(&self, final_normed: Vec<Vec<f32>>) -> Result<Vec<u32>> {
+        let hidden = self.config.hidden_size;
+        if let Some(bad) = final_normed.iter().find(|s| s.len() != hidden) {
+            return Err(crate::Error::input(format!(
+                "a state of {} values for hidden size {hidden}",
+                bad.len()
+            )));
+        }
+        Ok(Model::head_argmax(self, &final_normed.concat()))
     }
     fn describe(&self) -> String {
         "cpu f32".into()

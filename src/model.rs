@@ -1,12 +1,14 @@
 //! A loaded model: config, tokenizer and weights in f32, laid out for the CPU backend
 //! (q/k/v fused into one projection, gate/up fused into another).
 
+use crate::backend::cpu::head_argmax::HeadScreen;
 use crate::backend::cpu::matmul::Linear;
 use crate::config::{Arch, Config};
 use crate::error::{Error, Result};
 use crate::hub::{self, ModelFiles};
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightFiles;
+use std::sync::OnceLock;
 
 pub struct Block {
     pub input_norm: Vec<f32>,
@@ -30,6 +32,8 @@ pub struct Model {
     pub lm_head: Option<Vec<f32>>,
     /// RoPE inverse frequencies [head_dim / 2].
     pub(crate) inv_freq: Vec<f32>,
+    /// The LM head's bf16 screen, made on first use (`None` where AMX is missing).
+    head_screen: OnceLock<Option<HeadScreen>>,
 }
 
 impl Model {
@@ -68,12 +72,40 @@ impl Model {
             blocks,
             final_norm,
             lm_head,
+            head_screen: OnceLock::new(),
         })
     }
 
     /// The LM head matrix [vocab, hidden] (the embedding table when tied).
     pub fn lm_head(&self) -> &[f32] {
         self.lm_head.as_deref().unwrap_or(&self.embed)
+    }
+
+    /// The LM head's argmax for each final-normed state of `xs` ([rows, hidden]): the
+    /// token `argmax` picks from the exact f32 logits, through the AMX screen where the CPU
+    /// has one (see `backend::cpu::head_argmax`), else from the logits themselves.
+    pub fn head_argmax(&self, xs: &[f32]) -> Vec<u32> {
+        let (vocab, hidden) = (self.config.vocab_size, self.config.hidden_size);
+        let screen = self
+            .head_screen
+            .get_or_init(|| HeadScreen::new(self.lm_head(), vocab, hidden));
+        if let Some(screen) = screen {
+            return screen.argmax(self.lm_head(), xs);
+        }
+        let rows = xs.len() / hidden;
+        let mut logits = vec![0.0; rows * vocab];
+        crate::backend::cpu::matmul::matmul_bt(
+            xs,
+            rows,
+            hidden,
+            self.lm_head(),
+            vocab,
+            &mut logits,
+        );
+        logits
+            .chunks_exact(vocab)
+            .map(|l| crate::backend::cpu::logits::argmax(l) as u32)
+            .collect()
     }
 
     pub fn num_layers(&self) -> usize {

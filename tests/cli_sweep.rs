@@ -316,6 +316,35 @@ fn inspect_and_attributes_refuse_bad_input() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(stdout.contains("2 of 2 rows"), "{stdout}");
+    // the tiny random model knows no capital: all rows are evaluated, none is known
+    assert!(
+        stdout.contains("0 of 2 rows known unpatched, 2 evaluated"),
+        "{stdout}"
+    );
     assert!(out.join("summary.csv").is_file() && out.join("rows.jsonl").is_file());
+
+    let attributes = |extra: &[&str], out: &Path| {
+        let mut args = vec![
+            "attributes",
+            "--model",
+            &m,
+            "--relations",
+            "data/relations/capitals.json",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let fresh = dir.path().join("fresh");
+    let (code, _, err) = attributes(&["--limit", "0"], &fresh);
+    assert_ne!(code, 0);
+    assert!(err.contains("--limit must be at least 1"), "{err}");
+    let (code, _, err) = attributes(&["--target", "x, the capital of x"], &fresh);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("has 2 placeholder \"x\" tokens: use exactly one"),
+        "{err}"
+    );
+    assert!(!fresh.exists(), "a refused run leaves no results folder");
 }

@@ -180,11 +180,20 @@ fn metrics_equal_the_transformers_reference_on_fixtures() {
 
 #[test]
 fn metrics_equal_the_transformers_reference_on_smollm2() {
-    let Some(dir) = common::smollm2_dir() else {
+    let Some(dir) = common::real_model_dir("smollm2-135m") else {
         return;
     };
     let model = Model::load(dir.to_str().unwrap(), None).unwrap();
     compare_with_transformers(&model, "smollm2.json");
+}
+
+#[test]
+fn metrics_equal_the_transformers_reference_on_qwen() {
+    let Some(dir) = common::real_model_dir("qwen2.5-coder-0.5b") else {
+        return;
+    };
+    let model = Model::load(dir.to_str().unwrap(), None).unwrap();
+    compare_with_transformers(&model, "qwen2.5-coder-0.5b.json");
 }
 
 /// Patched generation from the shared target (fork + resume after block l*) equals a whole

@@ -38,7 +38,7 @@ PROMPT="The capital of France is"
 QS=./target/release/qwen-scope
 CB=compare/candle/target/release/candle-bench
 
-[ -f "$MODEL/config.json" ] || { echo "error: no $MODEL/config.json (tools/get_smollm2.sh)" >&2; exit 2; }
+[ -f "$MODEL/config.json" ] || { echo "error: no $MODEL/config.json (tools/get_model.sh smollm2-135m)" >&2; exit 2; }
 if [ "$DEVICE" = cpu ] && [ "$DTYPE" != f32 ]; then
     echo "error: DTYPE=$DTYPE on the CPU: qwen-scope's CPU backend is f32 only" >&2; exit 2
 fi

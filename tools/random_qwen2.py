@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from convert_smollm2 import write_safetensors  # noqa: E402
+from convert_gguf import write_safetensors  # noqa: E402
 
 SHAPES = {
     # hidden, blocks, heads, kv heads, intermediate, vocab, tied

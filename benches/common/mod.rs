@@ -58,7 +58,7 @@ pub fn crate_path(rel: &str) -> PathBuf {
 /// The tiny random Qwen2 fixture, always present.
 pub const TINY: &str = "tests/fixtures/tiny-qwen2";
 
-/// models/smollm2-135m when tools/get_smollm2.sh has made it (it is not in git).
+/// models/smollm2-135m when `tools/get_model.sh smollm2-135m` has made it (it is not in git).
 pub fn smollm2() -> Option<PathBuf> {
     let dir = crate_path("models/smollm2-135m");
     let complete = ["config.json", "model.safetensors", "tokenizer.json"]
@@ -83,7 +83,7 @@ pub fn bench_model(suite: &str) -> (Model, String) {
         "{suite}: model {name} ({}){}",
         dir.display(),
         if name == "tiny-qwen2" {
-            " -- models/smollm2-135m is missing (tools/get_smollm2.sh makes it)"
+            " -- models/smollm2-135m is missing (tools/get_model.sh smollm2-135m makes it)"
         } else {
             ""
         }

@@ -3,7 +3,8 @@
 
 use super::sweep::progress;
 use anyhow::{ensure, Context, Result};
-use qwen_scope::patchscope::attributes::{load_relation, parse_layers, Attributes, RowResult};
+use qwen_scope::patchscope::attributes::{parse_layers, Attributes, RowResult};
+use qwen_scope::patchscope::relations::{describe_dropped, load_relation, AttributeRow, Relation};
 use qwen_scope::report::{journal::Journal, plot, write_atomic};
 use qwen_scope::Engine;
 use serde::{Deserialize, Serialize};
@@ -52,19 +53,33 @@ pub fn attributes<E: Engine>(
     a: &AttributesArgs,
 ) -> Result<()> {
     let num_layers = model.num_layers();
-    let exp = Attributes {
-        model,
-        source_layers: parse_layers(&a.source_layers, num_layers)?,
-        target_layers: parse_layers(&a.target_layers, num_layers)?,
-        max_new: a.max_new,
-        only_correct: !a.all_rows,
-    };
     ensure!(a.max_new > 0, "--max-new must be at least 1");
+    ensure!(a.limit != Some(0), "--limit must be at least 1");
+    let exp = Attributes::new(
+        model,
+        parse_layers(&a.source_layers, num_layers)?,
+        parse_layers(&a.target_layers, num_layers)?,
+        a.max_new,
+        !a.all_rows,
+    );
     let relations = a
         .relations
         .iter()
         .map(|p| load_relation(p, a.target.as_deref()))
         .collect::<qwen_scope::Result<Vec<_>>>()?;
+    for r in &relations {
+        eprintln!(
+            "{}: {} rows to evaluate; dropped: {}",
+            r.name,
+            r.rows.len(),
+            describe_dropped(&r.dropped)
+        );
+        // every target prompt is checked (and run once) before the results folder exists
+        for row in r.rows.iter().take(a.limit.unwrap_or(usize::MAX)) {
+            exp.target(&row.target)
+                .with_context(|| format!("relation {}, line {}", r.name, row.line))?;
+        }
+    }
     let run = serde_json::json!({
         "experiment": "attributes",
         "model": run_model.record(),
@@ -78,33 +93,44 @@ pub fn attributes<E: Engine>(
         "limit": a.limit,
     });
     super::sweep::prepare_out(&a.out, &run, "rows.jsonl", a.resume)?;
-    let (mut journal, mut done) = Journal::open::<Record>(&a.out.join("rows.jsonl"), !a.resume)?;
-    let todo: Vec<(
-        String,
-        usize,
-        &qwen_scope::patchscope::attributes::AttributeRow,
-    )> = relations
+    let journal_path = a.out.join("rows.jsonl");
+    let (mut journal, mut done) = Journal::open::<Record>(&journal_path, !a.resume)?;
+    let todo: Vec<(&str, usize, &AttributeRow)> = relations
         .iter()
         .flat_map(|r| {
             r.rows
                 .iter()
                 .enumerate()
                 .take(a.limit.unwrap_or(usize::MAX))
-                .map(move |(i, row)| (r.name.clone(), i, row))
+                .map(move |(i, row)| (r.name.as_str(), i, row))
         })
         .filter(|(name, i, _)| {
             !done
                 .iter()
-                .any(|d| &d.relation == name && d.result.row == *i)
+                .any(|d| d.relation == *name && d.result.row == *i)
         })
         .collect();
     let bar = progress(todo.len(), "rows");
+    let fresh = done.is_empty();
     for (name, i, row) in todo {
         let result = exp
             .evaluate(i, row)
-            .with_context(|| format!("relation {name}, row {i}"))?;
+            .with_context(|| format!("relation {name}, line {}", row.line));
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // a run that failed before its first row leaves no folder behind it
+                if fresh && done.is_empty() {
+                    drop(journal);
+                    let _ = std::fs::remove_file(&journal_path);
+                    let _ = std::fs::remove_file(a.out.join("run.json"));
+                    let _ = std::fs::remove_dir(&a.out);
+                }
+                return Err(e);
+            }
+        };
         let record = Record {
-            relation: name,
+            relation: name.to_string(),
             result,
         };
         journal.append(std::slice::from_ref(&record))?;
@@ -113,18 +139,17 @@ pub fn attributes<E: Engine>(
     }
     bar.finish_and_clear();
     done.sort_by(|x, y| (&x.relation, x.result.row).cmp(&(&y.relation, y.result.row)));
-    report(&a.out, &run, &exp, &done, num_layers)
+    report(&a.out, &run, &exp, &relations, &done, num_layers)
 }
 
 fn report<E: Engine>(
     out: &std::path::Path,
     run: &serde_json::Value,
     exp: &Attributes<E>,
+    relations: &[Relation],
     done: &[Record],
     num_layers: usize,
 ) -> Result<()> {
-    let mut names: Vec<&str> = done.iter().map(|d| d.relation.as_str()).collect();
-    names.dedup();
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
         "relation",
@@ -134,16 +159,29 @@ fn report<E: Engine>(
         "accuracy",
     ])?;
     let mut summary = Vec::new();
-    for name in names.iter().copied().chain(std::iter::once("all")) {
-        let rows: Vec<&RowResult> = done
+    let names = relations
+        .iter()
+        .map(|r| Some(r.name.as_str()))
+        .chain(std::iter::once(None));
+    for name in names {
+        let mine: Vec<&RowResult> = done
             .iter()
-            .filter(|d| (name == "all" || d.relation == name) && d.result.evaluated)
+            .filter(|d| name.is_none_or(|n| d.relation == n))
             .map(|d| &d.result)
             .collect();
-        let total = done
+        let rows: Vec<&RowResult> = mine.iter().copied().filter(|r| r.evaluated).collect();
+        let known = mine.iter().filter(|r| r.baseline_correct).count();
+        let skipped = mine.iter().filter(|r| r.skipped.is_some()).count();
+        let mut dropped = qwen_scope::patchscope::relations::Dropped::new();
+        for r in relations
             .iter()
-            .filter(|d| name == "all" || d.relation == name)
-            .count();
+            .filter(|r| name.is_none_or(|n| r.name == n))
+        {
+            for (reason, n) in &r.dropped {
+                *dropped.entry(reason.clone()).or_default() += n;
+            }
+        }
+        let name = name.unwrap_or("all");
         let mut cells = Vec::new();
         for (si, &ls) in exp.source_layers.iter().enumerate() {
             for (ti, &lt) in exp.target_layers.iter().enumerate() {
@@ -163,13 +201,6 @@ fn report<E: Engine>(
                 cells.push((ls, lt, acc));
             }
         }
-        let file = format!(
-            "accuracy_{}.png",
-            name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-        );
-        let title = format!("{name}: accuracy ({} of {total} rows known)", rows.len());
-        let drawable: Vec<_> = cells.iter().copied().filter(|c| c.2.is_finite()).collect();
-        plot::heatmap(&out.join(&file), &title, num_layers, &drawable)?;
         let best = cells.iter().copied().filter(|c| c.2.is_finite()).fold(
             None,
             |b: Option<(usize, usize, f64)>, c| match b {
@@ -178,13 +209,32 @@ fn report<E: Engine>(
             },
         );
         println!(
-            "{name}: {} of {total} rows known unpatched; best accuracy {}",
+            "{name}: {known} of {} rows known unpatched, {} evaluated{}; dropped from the file: {}; best accuracy {}",
+            mine.len(),
             rows.len(),
-            best.map_or("n/a".into(), |(s, t, v)| format!(
+            if skipped > 0 { format!(" ({skipped} skipped: no source token)") } else { String::new() },
+            describe_dropped(&dropped),
+            best.map_or("n/a (no row evaluated)".into(), |(s, t, v)| format!(
                 "{v:.3} at source layer {s} -> target layer {t}"
             ))
         );
-        summary.push(serde_json::json!({"relation": name, "rows": total, "evaluated": rows.len(), "accuracy": cells}));
+        if !rows.is_empty() {
+            let file = format!(
+                "accuracy_{}.png",
+                name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            );
+            let title = format!("{name}: accuracy over {} rows", rows.len());
+            plot::heatmap(&out.join(&file), &title, num_layers, &cells)?;
+        }
+        summary.push(serde_json::json!({
+            "relation": name,
+            "rows": mine.len(),
+            "known_unpatched": known,
+            "evaluated": rows.len(),
+            "skipped": skipped,
+            "dropped": dropped,
+            "accuracy": cells,
+        }));
     }
     write_atomic(&out.join("summary.csv"), &w.into_inner()?)?;
     let json = serde_json::json!({"run": run, "summary": summary});

@@ -5,6 +5,7 @@
 pub mod attributes;
 pub mod mapping;
 pub mod next_token;
+pub mod relations;
 pub mod target;
 
 use crate::stream::Site;

@@ -9,7 +9,7 @@
 //! reference path does what hook-based code does: a whole target forward per cell.
 
 use super::mapping::Affine;
-use super::target::{by_site, joining_request, last_rows, Target};
+use super::target::{by_site, final_normed_rows, joining_request, Target};
 use super::{source_position, source_site, target_site};
 use crate::backend::cpu::logits::{argmax, log_softmax};
 use crate::engine::Engine;
@@ -44,12 +44,11 @@ impl Source {
         }
     }
 
-    fn score(&self, logits: &[f32]) -> Cell {
-        let pred = argmax(logits);
+    fn score(&self, pred: u32) -> Cell {
         Cell {
-            pred: pred as u32,
-            prec1: pred as u32 == self.top1,
-            surprisal: -self.log_probs[pred],
+            pred,
+            prec1: pred == self.top1,
+            surprisal: -self.log_probs[pred as usize],
         }
     }
 }
@@ -288,9 +287,9 @@ impl<'m, E: Engine> NextToken<'m, E> {
                 }
             }
         }
-        let logits = self.target.last_logits(self.model, cells)?;
-        for (&(i, l, slot), lg) in at.iter().zip(&logits) {
-            results[i].token_identity[l][slot] = sources[i].score(lg);
+        let preds = self.target.predictions(self.model, cells)?;
+        for (&(i, l, slot), &pred) in at.iter().zip(&preds) {
+            results[i].token_identity[l][slot] = sources[i].score(pred);
         }
         times.token_identity += started.elapsed();
 
@@ -313,10 +312,10 @@ impl<'m, E: Engine> NextToken<'m, E> {
                     });
                 }
             }
-            let logits = self.run_hidden(cells)?;
-            for (l, per_layer) in logits.chunks(sources.len()).enumerate() {
-                for ((r, s), lg) in results.iter_mut().zip(sources).zip(per_layer) {
-                    let cell = s.score(lg);
+            let preds = self.predict_hidden(cells)?;
+            for (l, per_layer) in preds.chunks(sources.len()).enumerate() {
+                for ((r, s), &pred) in results.iter_mut().zip(sources).zip(per_layer) {
+                    let cell = s.score(pred);
                     if tuned {
                         r.tuned_lens[l] = cell;
                     } else {
@@ -369,7 +368,7 @@ impl<'m, E: Engine> NextToken<'m, E> {
                 .logits(LogitsAt::At(vec![(0, at)]))
                 .write(site, 0, at, WriteOp::Replace(v));
             let out = model.forward(&mut [model.new_cache()], &req)?;
-            Ok(source.score(out.logits_at(0, at).expect("logits were asked")))
+            Ok(source.score(argmax(out.logits_at(0, at).expect("logits were asked")) as u32))
         };
         let mut result = self.empty_result(&source);
         let patch_pos = self.target.patch_pos;
@@ -413,11 +412,11 @@ impl<'m, E: Engine> NextToken<'m, E> {
         }
     }
 
-    /// Logits of single states entering fresh caches at position 0 at their sites (the
-    /// lenses: nothing but the final norm and the LM head runs after them).
-    fn run_hidden(&self, cells: Vec<(Site, Vec<f32>)>) -> Result<Vec<Vec<f32>>> {
+    /// Predictions of single states entering fresh caches at position 0 at their sites
+    /// (the lenses: nothing but the final norm and the LM head runs after them).
+    fn predict_hidden(&self, cells: Vec<(Site, Vec<f32>)>) -> Result<Vec<u32>> {
         let model = self.model;
-        by_site(cells, model.num_layers(), |chunk| {
+        let normed = by_site(cells, model.num_layers(), |chunk| {
             let n = chunk.len();
             let mut caches: Vec<_> = (0..n).map(|_| model.new_cache()).collect();
             let rows = chunk
@@ -433,7 +432,8 @@ impl<'m, E: Engine> NextToken<'m, E> {
                 })
                 .collect();
             let out = model.forward(&mut caches, &joining_request(rows))?;
-            Ok(last_rows(&out, n))
-        })
+            Ok(final_normed_rows(out, n))
+        })?;
+        model.head_argmax(normed)
     }
 }

@@ -81,20 +81,22 @@ impl<C: Cache> Target<C> {
         ))
     }
 
-    /// Logits at the target's last position for each (site, patched state), in the order
-    /// given. Rows of many sites share passes, each row joining at its own site.
-    pub fn last_logits<E: Engine<Cache = C>>(
+    /// The LM head's argmax at the target's last position for each (site, patched state),
+    /// in the order given. Rows of many sites share passes, each row joining at its own
+    /// site; the argmax comes from the final-normed states (`Engine::head_argmax`).
+    pub fn predictions<E: Engine<Cache = C>>(
         &self,
         model: &E,
         cells: Vec<(Site, Vec<f32>)>,
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<Vec<u32>> {
         let num_layers = model.num_layers();
-        by_site(cells, num_layers, |chunk| {
+        let normed = by_site(cells, num_layers, |chunk| {
             let n = chunk.len();
             let (mut caches, rows) = self.rows(model, chunk.into_iter())?;
             let out = model.forward(&mut caches, &joining_request(rows))?;
-            Ok(last_rows(&out, n))
-        })
+            Ok(final_normed_rows(out, n))
+        })?;
+        model.head_argmax(normed)
     }
 
     /// Caches forked for, and the rows resuming at, each (site, state).
@@ -150,11 +152,11 @@ impl<C: Cache> Target<C> {
 type JoiningRow = (Site, HiddenRow);
 
 /// Rows per pass when cells of many sites share passes: enough to read each block's
-/// weights once for hundreds of cells, few enough that their logits stay small.
+/// weights once for hundreds of cells.
 const ROWS_PER_PASS: usize = 256;
 
 /// Runs `cells` in passes of up to `ROWS_PER_PASS` rows sorted by site, `run` taking a
-/// pass's cells and returning one logit row per cell; the logit rows come back in the
+/// pass's cells and returning one row of values per cell; the rows come back in the
 /// order of `cells`.
 pub(crate) fn by_site<T>(
     cells: Vec<(Site, T)>,
@@ -170,15 +172,17 @@ pub(crate) fn by_site<T>(
             .iter()
             .map(|&i| slots[i].take().expect("each cell runs once"))
             .collect();
-        for (&i, logits) in chunk.iter().zip(run(batch)?) {
-            out[i] = logits;
+        for (&i, values) in chunk.iter().zip(run(batch)?) {
+            out[i] = values;
         }
     }
     Ok(out)
 }
 
-/// A pass over rows entering at their sites: `Input::Hidden` when they share one.
+/// A pass over rows entering at their sites (`Input::Hidden` when they share one) that
+/// reads each row's final-normed state at its last position.
 pub(crate) fn joining_request(rows: Vec<JoiningRow>) -> Request {
+    let n = rows.len();
     let site = rows.first().map(|r| r.0);
     let input = if rows.iter().all(|r| Some(r.0) == site) {
         Input::Hidden {
@@ -188,18 +192,17 @@ pub(crate) fn joining_request(rows: Vec<JoiningRow>) -> Request {
     } else {
         Input::Joining(rows)
     };
-    Request::new(input).logits(LogitsAt::Last)
+    (0..n).fold(Request::new(input).logits(LogitsAt::None), |req, r| {
+        req.read(Site::FinalNorm, r, Positions::Last)
+    })
 }
 
-/// The last-position logits of rows 0..n.
-pub(crate) fn last_rows(out: &crate::forward::Output, n: usize) -> Vec<Vec<f32>> {
-    (0..n)
-        .map(|r| {
-            out.last_logits(r)
-                .expect("one logit row per input row")
-                .to_vec()
-        })
-        .collect()
+/// The final-normed states that `joining_request` read, rows 0..n in order.
+pub(crate) fn final_normed_rows(out: crate::forward::Output, n: usize) -> Vec<Vec<f32>> {
+    // states come site by site, each in row order: here one site, one state per row
+    let rows: Vec<Vec<f32>> = out.states.into_iter().map(|s| s.values).collect();
+    debug_assert_eq!(rows.len(), n);
+    rows
 }
 
 /// Every site in pass order (the index of a site is `Site::order`).

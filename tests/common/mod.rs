@@ -98,23 +98,24 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) -> f32 {
     d
 }
 
-/// The converted SmolLM2 folder (models/smollm2-135m, or $QWEN_SCOPE_SMOLLM2) when it
-/// exists. Under CI=true a missing folder fails the test; elsewhere the test is skipped,
-/// visibly.
-pub fn smollm2_dir() -> Option<PathBuf> {
-    let dir = std::env::var("QWEN_SCOPE_SMOLLM2")
+/// A real model converted by tools/get_model.sh: models/NAME (or $QWEN_SCOPE_MODELS/NAME)
+/// when it exists. Under CI=true a missing folder fails the test (.ci/run installs the
+/// models the tests use); elsewhere the test is skipped, visibly.
+pub fn real_model_dir(name: &str) -> Option<PathBuf> {
+    let models = std::env::var("QWEN_SCOPE_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m"));
-    if dir.is_dir() {
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"));
+    let dir = models.join(name);
+    if dir.join("model.safetensors").is_file() {
         return Some(dir);
     }
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but {} is missing: .ci/run must make it (tools/get_smollm2.sh)",
+        "CI=true but {} is missing: .ci/run must make it (tools/get_model.sh {name})",
         dir.display()
     );
     eprintln!(
-        "SKIPPED: {} not found; run tools/get_smollm2.sh",
+        "SKIPPED: {} not found; run tools/get_model.sh {name}",
         dir.display()
     );
     None

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod embedding;
+pub mod head_argmax;
 pub mod logits;
 pub mod matmul;
 pub mod residual;

@@ -1,0 +1,370 @@
+//! Relation files for attribute extraction, in the two formats of the paper's data:
+//!
+//! - LRE JSON (Hernandez et al.: `{name, prompt_templates, samples: [{subject, object}]}`).
+//!   A subject alone would sit at position 0, Qwen's attention sink, whose state is ~100x
+//!   larger than any other and patches as noise; so the source text is the relation's
+//!   first prompt template with the subject filled in ("The capital city of France is"),
+//!   read at the subject's last token (tokens after it cannot change that state).
+//! - The official preprocessed TSVs: pandas `to_csv(sep="\t")` output, whose quoted fields
+//!   may hold tabs and newlines. `prompt_source` holds a text that contains the subject; the
+//!   source position is the token that ends the subject's first occurrence (the TSV's own
+//!   positions count GPT-J tokens). Rows are filtered as the official notebook does, and
+//!   every dropped row is counted by reason; one bad row never fails the file.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The placeholder token of target prompts.
+pub const PLACEHOLDER: &str = "x";
+
+/// `target` with its placeholder (the last whole-word "x") replaced by `subject`: the
+/// baseline prompt, and the LRE source text where a relation has no template.
+pub fn fill_placeholder(target: &str, subject: &str) -> String {
+    let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let at = target
+        .rmatch_indices(PLACEHOLDER)
+        .map(|(i, _)| i)
+        .find(|&i| {
+            !is_word(target[..i].chars().next_back())
+                && !is_word(target[i + PLACEHOLDER.len()..].chars().next())
+        });
+    match at {
+        Some(i) => format!(
+            "{}{subject}{}",
+            &target[..i],
+            &target[i + PLACEHOLDER.len()..]
+        ),
+        None => target.to_string(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Relation {
+    pub name: String,
+    pub rows: Vec<AttributeRow>,
+    /// Rows of the file left out, by reason.
+    pub dropped: Dropped,
+}
+
+/// Counts of rows left out, by reason.
+pub type Dropped = BTreeMap<String, usize>;
+
+#[derive(Debug, Clone)]
+pub struct AttributeRow {
+    /// 1-based line of the row's start in its file (LRE: the sample's index + 1).
+    pub line: usize,
+    pub subject: String,
+    pub object: String,
+    /// Target prompt with the placeholder, e.g. "The capital city of x".
+    pub target: String,
+    /// Source text containing the subject.
+    pub source: String,
+    /// Byte offset where the subject's first occurrence in `source` ends.
+    pub subject_end: usize,
+}
+
+/// Reasons a TSV row is dropped, in the order they are checked.
+pub const MALFORMED: &str = "malformed row";
+pub const EMPTY_SOURCE: &str = "empty prompt_source";
+pub const NEWLINE_SOURCE: &str = "prompt_source contains a newline";
+pub const HAND_PICKED: &str = "dropped by hand in the official notebook";
+pub const EMPTY_FIELD: &str = "empty subject or object";
+pub const SUBJECT_MISSING: &str = "subject not in prompt_source";
+
+/// Reads a relation file (.json in the LRE format, or .tsv as the official data).
+/// `target` overrides the target prompt. Fails only when the file cannot be read as a
+/// whole, or when no row is left.
+pub fn load_relation(path: &Path, target: Option<&str>) -> Result<Relation> {
+    let bad = |msg: String| Error::input(format!("{}: {msg}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let relation = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => {
+            let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+            parse_lre(&text, target).map_err(bad)?
+        }
+        Some("tsv") => parse_tsv(&bytes, &name, target).map_err(bad)?,
+        _ => {
+            return Err(bad(
+                "relation files must end in .json (LRE format) or .tsv (official format)".into(),
+            ))
+        }
+    };
+    if relation.rows.is_empty() {
+        return Err(bad(format!(
+            "no row left to evaluate (dropped: {})",
+            describe_dropped(&relation.dropped)
+        )));
+    }
+    Ok(relation)
+}
+
+/// "12 empty prompt_source, 3 malformed row", or "none".
+pub fn describe_dropped(dropped: &Dropped) -> String {
+    if dropped.is_empty() {
+        return "none".into();
+    }
+    dropped
+        .iter()
+        .map(|(reason, n)| format!("{n} {reason}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Deserialize)]
+struct Lre {
+    name: String,
+    #[serde(default)]
+    prompt_templates: Vec<String>,
+    #[serde(default)]
+    target_templates: Vec<String>,
+    samples: Vec<LreSample>,
+}
+
+#[derive(Deserialize)]
+struct LreSample {
+    subject: String,
+    object: String,
+}
+
+fn parse_lre(text: &str, target: Option<&str>) -> std::result::Result<Relation, String> {
+    let lre: Lre = serde_json::from_str(text).map_err(|e| format!("malformed LRE JSON: {e}"))?;
+    let template = lre.prompt_templates.iter().find(|t| t.contains("{}"));
+    // "The capital city of {} is" -> "The capital city of x": the template up to its slot
+    let derived = template.map(|t| format!("{}{PLACEHOLDER}", &t[..t.find("{}").unwrap()]));
+    let target = target
+        .map(str::to_string)
+        .or(lre.target_templates.first().cloned())
+        .or(derived)
+        .ok_or("no target prompt: give target_templates, a prompt template with {}, or --target")?;
+    let mut dropped = Dropped::new();
+    let mut rows = Vec::new();
+    for (i, s) in lre.samples.into_iter().enumerate() {
+        if s.subject.trim().is_empty() || s.object.trim().is_empty() {
+            *dropped.entry(EMPTY_FIELD.into()).or_default() += 1;
+            continue;
+        }
+        // the source: the template with the subject, or else the target with it
+        let source = match template {
+            Some(t) => t.replacen("{}", &s.subject, 1),
+            None => fill_placeholder(&target, &s.subject),
+        };
+        let Some(start) = source.find(&s.subject) else {
+            *dropped.entry(SUBJECT_MISSING.into()).or_default() += 1;
+            continue;
+        };
+        rows.push(AttributeRow {
+            line: i + 1,
+            subject_end: start + s.subject.len(),
+            source,
+            subject: s.subject,
+            object: s.object,
+            target: target.clone(),
+        });
+    }
+    Ok(Relation {
+        name: lre.name,
+        rows,
+        dropped,
+    })
+}
+
+/// The columns a TSV must have.
+struct Columns {
+    target: usize,
+    subject: usize,
+    object: usize,
+    source: usize,
+    count: usize,
+}
+
+fn parse_tsv(
+    bytes: &[u8],
+    name: &str,
+    target: Option<&str>,
+) -> std::result::Result<Relation, String> {
+    // pandas quoting: fields with tabs, quotes or newlines are quoted, quotes doubled
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(b'\t')
+        .flexible(true)
+        .from_reader(bytes);
+    let header = reader
+        .headers()
+        .map_err(|e| format!("malformed TSV header: {e}"))?
+        .clone();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .ok_or(format!("TSV has no column {name:?}"))
+    };
+    let cols = Columns {
+        target: col("prompt_target")?,
+        subject: col("subject")?,
+        object: col("object")?,
+        source: col("prompt_source")?,
+        count: header.len(),
+    };
+    let mut dropped = Dropped::new();
+    let mut rows = Vec::new();
+    let mut record = csv::StringRecord::new();
+    loop {
+        let line = reader.position().line() as usize;
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => match tsv_row(&record, &cols, name, target, line) {
+                Ok(row) => rows.push(row),
+                Err(reason) => *dropped.entry(reason.into()).or_default() += 1,
+            },
+            // a field that is not UTF-8: the reader moves on to the next record
+            Err(e) if !e.is_io_error() => *dropped.entry(MALFORMED.into()).or_default() += 1,
+            Err(e) => return Err(format!("cannot read the TSV: {e}")),
+        }
+    }
+    Ok(Relation {
+        name: name.to_string(),
+        rows,
+        dropped,
+    })
+}
+
+/// One TSV record as a row, or the reason it is dropped (the official notebook's filters
+/// first, then what this reader needs).
+fn tsv_row(
+    record: &csv::StringRecord,
+    cols: &Columns,
+    relation: &str,
+    target: Option<&str>,
+    line: usize,
+) -> std::result::Result<AttributeRow, &'static str> {
+    if record.len() != cols.count {
+        return Err(MALFORMED);
+    }
+    let source = &record[cols.source];
+    if source.is_empty() {
+        return Err(EMPTY_SOURCE);
+    }
+    if source.contains('\n') {
+        return Err(NEWLINE_SOURCE);
+    }
+    let hand_picked = match relation {
+        "star_constellation" => source.contains("service"),
+        "object_superclass" => source.contains("Swainson ’ s hawk and the prairie"),
+        _ => false,
+    };
+    if hand_picked {
+        return Err(HAND_PICKED);
+    }
+    let (subject, object) = (&record[cols.subject], &record[cols.object]);
+    if subject.trim().is_empty() || object.trim().is_empty() {
+        return Err(EMPTY_FIELD);
+    }
+    let start = source.find(subject).ok_or(SUBJECT_MISSING)?;
+    Ok(AttributeRow {
+        line,
+        subject_end: start + subject.len(),
+        object: object.to_string(),
+        target: target.unwrap_or(&record[cols.target]).to_string(),
+        source: source.to_string(),
+        subject: subject.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lre_target_is_the_template_up_to_its_slot_and_the_source_fills_it() {
+        let r = parse_lre(
+            r#"{"name": "cap", "prompt_templates": ["The capital city of {} is"], "samples": [{"subject": "France", "object": "Paris"}, {"subject": " ", "object": "x"}]}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.rows[0].target, "The capital city of x");
+        assert_eq!(r.rows[0].source, "The capital city of France is");
+        assert_eq!(r.rows[0].subject_end, "The capital city of France".len());
+        assert_eq!(r.dropped[EMPTY_FIELD], 1);
+    }
+
+    #[test]
+    fn the_placeholder_is_the_last_whole_word_x() {
+        assert_eq!(fill_placeholder("Next to x", "Paris"), "Next to Paris");
+        assert_eq!(fill_placeholder("x, and x.", "A"), "x, and A.");
+        assert_eq!(fill_placeholder("no slot", "A"), "no slot");
+    }
+
+    #[test]
+    fn tsv_reads_quoted_fields_and_counts_dropped_rows() {
+        let tsv = "\tprompt_target\tobject\tsubject\tprompt_source\n\
+            0\tThe capital city of x\tParis\tFrance\t He moved to France in France.\n\
+            1\tThe capital city of x\tParis\tFrance\t\"two\nlines France\"\n\
+            2\tThe capital city of x\tParis\tFrance\t\n\
+            3\tThe capital city of x\tParis\tFrance\tnothing here\n\
+            4\t\"The capital\tcity of x\"\t\"Pa\"\"ris\"\tFrance\tin France\n\
+            5\tshort row\n";
+        let r = parse_tsv(tsv.as_bytes(), "cap", None).unwrap();
+        assert_eq!(r.rows.len(), 2);
+        assert_eq!(r.rows[0].subject_end, " He moved to France".len());
+        assert_eq!(r.rows[0].line, 2);
+        assert_eq!(
+            (
+                r.rows[1].target.as_str(),
+                r.rows[1].object.as_str(),
+                r.rows[1].line
+            ),
+            ("The capital\tcity of x", "Pa\"ris", 7)
+        );
+        let want: Dropped = [
+            (NEWLINE_SOURCE, 1),
+            (EMPTY_SOURCE, 1),
+            (SUBJECT_MISSING, 1),
+            (MALFORMED, 1),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(r.dropped, want);
+        assert_eq!(
+            describe_dropped(&r.dropped),
+            "1 empty prompt_source, 1 malformed row, 1 prompt_source contains a newline, \
+             1 subject not in prompt_source"
+        );
+    }
+
+    #[test]
+    fn hand_picked_rows_are_dropped_in_their_relation_only() {
+        let tsv =
+            "prompt_target\tobject\tsubject\tprompt_source\nT x\tOrion\tRigel\tservice to Rigel\n";
+        let r = parse_tsv(tsv.as_bytes(), "star_constellation", None).unwrap();
+        assert_eq!((r.rows.len(), r.dropped[HAND_PICKED]), (0, 1));
+        assert_eq!(
+            parse_tsv(tsv.as_bytes(), "other", None).unwrap().rows.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_file_without_rows_left_is_an_error_naming_the_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.tsv");
+        std::fs::write(
+            &path,
+            "prompt_target\tobject\tsubject\tprompt_source\nT x\tO\tS\t\n",
+        )
+        .unwrap();
+        let e = load_relation(&path, None).unwrap_err().to_string();
+        assert!(
+            e.contains("no row left to evaluate (dropped: 1 empty prompt_source)"),
+            "{e}"
+        );
+        std::fs::write(&path, "subject\tobject\n").unwrap();
+        let e = load_relation(&path, None).unwrap_err().to_string();
+        assert!(e.contains("TSV has no column \"prompt_target\""), "{e}");
+    }
+}
