@@ -8,7 +8,7 @@
 //! ```no_run
 //! use qwen_scope::{LogitsAt, Model, Positions, Request, Site, WriteOp};
 //!
-//! let model = Model::load("models/smollm2-135m", None)?;
+//! let model = Model::load("models/qwen2.5-coder-0.5b", None)?;
 //! let ids = model.tokenizer.encode("The capital of France is")?;
 //! let steer = vec![0.1f32; model.config.hidden_size];
 //! let req = Request::tokens(vec![ids])
