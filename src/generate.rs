@@ -2,15 +2,16 @@
 //! writes (or start from patched states); its keys and values, patch included, stay in
 //! the KV cache that every later token attends to.
 
-use crate::backend::cpu::logits::argmax;
 use crate::error::Result;
 use crate::forward::{LogitsAt, Request};
 use crate::kv::KvCache;
 use crate::model::Model;
+use crate::stream::{Positions, Site, State};
 
 impl Model {
     /// Runs `first`, then feeds each row's argmax back until `max_new` tokens per row exist.
-    /// Returns the new tokens per row.
+    /// Returns the new tokens per row. Each step's argmax comes from the final-normed
+    /// states through [`Model::head_argmax`], the exact argmax without the full LM head.
     pub fn greedy(
         &self,
         caches: &mut [KvCache],
@@ -19,15 +20,23 @@ impl Model {
     ) -> Result<Vec<Vec<u32>>> {
         let rows = caches.len();
         greedy_loop(rows, first, max_new, |req| {
-            let out = self.forward(caches, req)?;
-            Ok((0..rows)
-                .map(|r| {
-                    argmax(
-                        out.last_logits(r)
-                            .expect("LogitsAt::Last yields one per row"),
-                    ) as u32
-                })
-                .collect())
+            let req = (0..rows).fold(req.clone().logits(LogitsAt::None), |req, r| {
+                req.read(Site::FinalNorm, r, Positions::Last)
+            });
+            let out = self.forward(caches, &req)?;
+            // each row's last position is its latest final-normed state in this pass
+            let mut last: Vec<Option<&State>> = vec![None; rows];
+            for s in out.states.iter().filter(|s| s.site == Site::FinalNorm) {
+                if last[s.row].is_none_or(|l| l.pos < s.pos) {
+                    last[s.row] = Some(s);
+                }
+            }
+            let xs: Vec<f32> = last
+                .iter()
+                .flat_map(|s| s.expect("every row reads its last state").values.iter())
+                .copied()
+                .collect();
+            Ok(self.head_argmax(&xs))
         })
     }
 }

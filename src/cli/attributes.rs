@@ -38,6 +38,9 @@ pub struct AttributesArgs {
     /// Continue an interrupted run in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Rows evaluated together (their cells share generations; one journal flush each).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -55,6 +58,7 @@ pub fn attributes<E: Engine>(
     let num_layers = model.num_layers();
     ensure!(a.max_new > 0, "--max-new must be at least 1");
     ensure!(a.limit != Some(0), "--limit must be at least 1");
+    ensure!(a.batch > 0, "--batch must be at least 1");
     let exp = Attributes::new(
         model,
         parse_layers(&a.source_layers, num_layers)?,
@@ -112,11 +116,16 @@ pub fn attributes<E: Engine>(
         .collect();
     let bar = progress(todo.len(), "rows");
     let fresh = done.is_empty();
-    for (name, i, row) in todo {
-        let result = exp
-            .evaluate(i, row)
-            .with_context(|| format!("relation {name}, line {}", row.line));
-        let result = match result {
+    for chunk in todo.chunks(a.batch) {
+        let rows: Vec<(usize, &AttributeRow)> = chunk.iter().map(|&(_, i, row)| (i, row)).collect();
+        let results = exp.evaluate(&rows).with_context(|| {
+            let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
+            format!(
+                "relation {} line {} .. relation {} line {}",
+                first.0, first.2.line, last.0, last.2.line
+            )
+        });
+        let results = match results {
             Ok(r) => r,
             Err(e) => {
                 // a run that failed before its first row leaves no folder behind it
@@ -129,13 +138,17 @@ pub fn attributes<E: Engine>(
                 return Err(e);
             }
         };
-        let record = Record {
-            relation: name.to_string(),
-            result,
-        };
-        journal.append(std::slice::from_ref(&record))?;
-        done.push(record);
-        bar.inc(1);
+        let records: Vec<Record> = chunk
+            .iter()
+            .zip(results)
+            .map(|(&(name, _, _), result)| Record {
+                relation: name.to_string(),
+                result,
+            })
+            .collect();
+        journal.append(&records)?;
+        done.extend(records);
+        bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     done.sort_by(|x, y| (&x.relation, x.result.row).cmp(&(&y.relation, y.result.row)));

@@ -72,6 +72,12 @@ pub struct RowResult {
     pub generations: Vec<Vec<String>>,
 }
 
+/// A cell of a batch: (source, source layer index, target layer index).
+type CellAt = (usize, usize, usize);
+
+/// Patched rows per shared generation.
+const CELLS_PER_GENERATION: usize = 256;
+
 /// The experiment's settings, and what its rows share: each target prompt is run once, and
 /// each baseline prompt generated once.
 pub struct Attributes<'m, E: Engine> {
@@ -119,93 +125,159 @@ impl<'m, E: Engine> Attributes<'m, E> {
         Ok(target)
     }
 
-    /// Evaluates one row: baseline, then every (source layer, target layer) cell, all
-    /// source layers of a target site in one batched generation from the shared target.
-    pub fn evaluate(&self, index: usize, row: &AttributeRow) -> Result<RowResult> {
+    /// Evaluates rows (`(index, row)`): baselines, then every (source layer, target
+    /// layer) cell of the rows the model knows. The baselines of all rows share one
+    /// generation, the source states one pass, and the cells of a target prompt share
+    /// generations of up to `CELLS_PER_GENERATION` rows, each joining the target at its own
+    /// site, so each step reads the weights once for all of them.
+    pub fn evaluate(&self, rows: &[(usize, &AttributeRow)]) -> Result<Vec<RowResult>> {
         let model = self.model;
         let num_layers = model.num_layers();
-        let baseline = self.baseline(&fill_placeholder(&row.target, &row.subject))?;
-        let baseline_correct = is_correct(&row.object, &baseline);
-        let mut result = RowResult {
-            row: index,
-            line: row.line,
-            subject: row.subject.clone(),
-            object: row.object.clone(),
-            baseline,
-            baseline_correct,
-            evaluated: baseline_correct || !self.only_correct,
-            skipped: None,
-            correct: Vec::new(),
-            generations: Vec::new(),
-        };
-        if !result.evaluated {
-            return Ok(result);
-        }
-        let (tokens, offsets) = model.tokenizer().encode_with_offsets(&row.source)?;
-        let Some(pos) = token_ending_at(&offsets, row.subject_end) else {
-            result.evaluated = false;
-            result.skipped = Some("no token ends the subject in the source text".into());
-            return Ok(result);
-        };
-        let mut req = Request::tokens(vec![tokens[..=pos].to_vec()]).logits(LogitsAt::None);
-        for &l in &self.source_layers {
-            req = req.read(source_site(l, num_layers), 0, Positions::Last);
-        }
-        let out = model.forward(&mut [model.new_cache()], &req)?;
-        let reps: Vec<Vec<f32>> = self
-            .source_layers
+        let prompts: Vec<String> = rows
             .iter()
-            .map(|&l| {
-                out.state(source_site(l, num_layers), 0, pos)
-                    .expect("state was read")
-                    .to_vec()
+            .map(|(_, r)| fill_placeholder(&r.target, &r.subject))
+            .collect();
+        let baselines = self.baselines(&prompts)?;
+        let mut results: Vec<RowResult> = rows
+            .iter()
+            .zip(baselines)
+            .map(|(&(index, row), baseline)| {
+                let baseline_correct = is_correct(&row.object, &baseline);
+                RowResult {
+                    row: index,
+                    line: row.line,
+                    subject: row.subject.clone(),
+                    object: row.object.clone(),
+                    baseline,
+                    baseline_correct,
+                    evaluated: baseline_correct || !self.only_correct,
+                    skipped: None,
+                    correct: Vec::new(),
+                    generations: Vec::new(),
+                }
             })
             .collect();
 
-        let target = self.target(&row.target)?;
-        let (ns, nt) = (self.source_layers.len(), self.target_layers.len());
-        result.correct = vec![vec![false; nt]; ns];
-        result.generations = vec![vec![String::new(); nt]; ns];
-        for (ti, &lt) in self.target_layers.iter().enumerate() {
-            // one batch per target site: the final-layer rule splits l = l* = L-1 off
-            let mut groups: Vec<(crate::stream::Site, Vec<usize>)> = Vec::new();
-            for (si, &ls) in self.source_layers.iter().enumerate() {
-                let site = target_site(ls, lt, num_layers);
-                match groups.iter_mut().find(|(s, _)| *s == site) {
-                    Some((_, v)) => v.push(si),
-                    None => groups.push((site, vec![si])),
-                }
+        // the source token of each row to evaluate: the one ending the subject
+        let mut sources = Vec::new();
+        for (i, (_, row)) in rows.iter().enumerate() {
+            if !results[i].evaluated {
+                continue;
             }
-            for (site, members) in groups {
-                let states = members.iter().map(|&si| reps[si].clone()).collect();
-                let generated = target.generate(model, site, states, self.max_new)?;
-                for (&si, toks) in members.iter().zip(generated) {
-                    let text = model.tokenizer().decode(&toks)?;
-                    result.correct[si][ti] = is_correct(&row.object, &text);
-                    result.generations[si][ti] = text;
+            let (tokens, offsets) = model.tokenizer().encode_with_offsets(&row.source)?;
+            match token_ending_at(&offsets, row.subject_end) {
+                Some(pos) => sources.push((i, tokens[..=pos].to_vec())),
+                None => {
+                    results[i].evaluated = false;
+                    results[i].skipped =
+                        Some("no token ends the subject in the source text".into());
                 }
             }
         }
-        Ok(result)
+        if sources.is_empty() {
+            return Ok(results);
+        }
+        let reps = self.source_states(&sources)?;
+
+        // every cell of every evaluated row, grouped by target prompt
+        let (ns, nt) = (self.source_layers.len(), self.target_layers.len());
+        let mut by_target: Vec<(&str, Vec<CellAt>)> = Vec::new();
+        for (k, &(i, _)) in sources.iter().enumerate() {
+            results[i].correct = vec![vec![false; nt]; ns];
+            results[i].generations = vec![vec![String::new(); nt]; ns];
+            let target = rows[i].1.target.as_str();
+            let cells = match by_target.iter_mut().find(|(t, _)| *t == target) {
+                Some((_, cells)) => cells,
+                None => {
+                    by_target.push((target, Vec::new()));
+                    &mut by_target.last_mut().expect("just pushed").1
+                }
+            };
+            for si in 0..ns {
+                for ti in 0..nt {
+                    cells.push((k, si, ti));
+                }
+            }
+        }
+        for (prompt, cells) in by_target {
+            let target = self.target(prompt)?;
+            for chunk in cells.chunks(CELLS_PER_GENERATION) {
+                let patches = chunk
+                    .iter()
+                    .map(|&(k, si, ti)| {
+                        let site =
+                            target_site(self.source_layers[si], self.target_layers[ti], num_layers);
+                        (site, reps[k][si].clone())
+                    })
+                    .collect();
+                let generated = target.generate_cells(model, patches, self.max_new)?;
+                for (&(k, si, ti), tokens) in chunk.iter().zip(generated) {
+                    let r = &mut results[sources[k].0];
+                    let text = model.tokenizer().decode(&tokens)?;
+                    r.correct[si][ti] = is_correct(&r.object, &text);
+                    r.generations[si][ti] = text;
+                }
+            }
+        }
+        Ok(results)
     }
 
-    /// The unpatched generation of a prompt, made once per prompt.
-    fn baseline(&self, prompt: &str) -> Result<String> {
-        if let Some(text) = self.baselines.borrow().get(prompt) {
-            return Ok(text.clone());
-        }
+    /// The source representation of each (row, tokens up to the subject's end) at every
+    /// source layer, [source][source layer], from one pass.
+    fn source_states(&self, sources: &[(usize, Vec<u32>)]) -> Result<Vec<Vec<Vec<f32>>>> {
         let model = self.model;
-        let tokens = model.tokenizer().encode(prompt)?;
-        let new = model.greedy(
-            &mut [model.new_cache()],
-            Request::tokens(vec![tokens]),
-            self.max_new,
-        )?;
-        let text = model.tokenizer().decode(&new[0])?;
-        self.baselines
-            .borrow_mut()
-            .insert(prompt.to_string(), text.clone());
-        Ok(text)
+        let num_layers = model.num_layers();
+        let mut req = Request::tokens(sources.iter().map(|(_, t)| t.clone()).collect())
+            .logits(LogitsAt::None);
+        for r in 0..sources.len() {
+            for &l in &self.source_layers {
+                req = req.read(source_site(l, num_layers), r, Positions::Last);
+            }
+        }
+        let mut caches: Vec<_> = sources.iter().map(|_| model.new_cache()).collect();
+        let out = model.forward(&mut caches, &req)?;
+        Ok(sources
+            .iter()
+            .enumerate()
+            .map(|(r, (_, tokens))| {
+                self.source_layers
+                    .iter()
+                    .map(|&l| {
+                        out.state(source_site(l, num_layers), r, tokens.len() - 1)
+                            .expect("state was read")
+                            .to_vec()
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// The unpatched generations of prompts, each made once: the new ones share one
+    /// generation.
+    fn baselines(&self, prompts: &[String]) -> Result<Vec<String>> {
+        let mut new: Vec<&String> = prompts
+            .iter()
+            .filter(|p| !self.baselines.borrow().contains_key(*p))
+            .collect();
+        new.sort();
+        new.dedup();
+        if !new.is_empty() {
+            let model = self.model;
+            let tokens = new
+                .iter()
+                .map(|p| model.tokenizer().encode(p))
+                .collect::<Result<Vec<_>>>()?;
+            let mut caches: Vec<_> = new.iter().map(|_| model.new_cache()).collect();
+            let generated = model.greedy(&mut caches, Request::tokens(tokens), self.max_new)?;
+            for (p, g) in new.iter().zip(generated) {
+                let text = model.tokenizer().decode(&g)?;
+                self.baselines.borrow_mut().insert(p.to_string(), text);
+            }
+        }
+        Ok(prompts
+            .iter()
+            .map(|p| self.baselines.borrow()[p].clone())
+            .collect())
     }
 }
 

@@ -64,23 +64,6 @@ impl<C: Cache> Target<C> {
         })
     }
 
-    /// One row per patched state, all written at `site` (position i*), ready to run:
-    /// caches forked from the target run and the request that resumes the pass there.
-    pub fn patched<E: Engine<Cache = C>>(
-        &self,
-        model: &E,
-        site: Site,
-        states: Vec<Vec<f32>>,
-        logits: LogitsAt,
-    ) -> Result<(Vec<C>, Request)> {
-        let (caches, rows) = self.rows(model, states.into_iter().map(|s| (site, s)))?;
-        let rows = rows.into_iter().map(|(_, r)| r).collect();
-        Ok((
-            caches,
-            Request::new(Input::Hidden { site, rows }).logits(logits),
-        ))
-    }
-
     /// The LM head's argmax at the target's last position for each (site, patched state),
     /// in the order given. Rows of many sites share passes, each row joining at its own
     /// site; the argmax comes from the final-normed states (`Engine::head_argmax`).
@@ -135,7 +118,7 @@ impl<C: Cache> Target<C> {
         Ok((caches, rows))
     }
 
-    /// Greedy continuations of `max_new` tokens for each patched state.
+    /// Greedy continuations of `max_new` tokens for each patched state, all at `site`.
     pub fn generate<E: Engine<Cache = C>>(
         &self,
         model: &E,
@@ -143,8 +126,33 @@ impl<C: Cache> Target<C> {
         states: Vec<Vec<f32>>,
         max_new: usize,
     ) -> Result<Vec<Vec<u32>>> {
-        let (mut caches, req) = self.patched(model, site, states, LogitsAt::Last)?;
-        model.greedy(&mut caches, req, max_new)
+        let cells = states.into_iter().map(|s| (site, s)).collect();
+        self.generate_cells(model, cells, max_new)
+    }
+
+    /// Greedy continuations of `max_new` tokens for each (site, patched state), in the
+    /// order given. All rows share one generation, each joining the prompt pass at its own
+    /// site, so every step reads the weights once for all of them.
+    pub fn generate_cells<E: Engine<Cache = C>>(
+        &self,
+        model: &E,
+        cells: Vec<(Site, Vec<f32>)>,
+        max_new: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        let num_layers = model.num_layers();
+        let mut order: Vec<usize> = (0..cells.len()).collect();
+        order.sort_by_key(|&i| cells[i].0.order(num_layers));
+        let mut slots: Vec<Option<(Site, Vec<f32>)>> = cells.into_iter().map(Some).collect();
+        let sorted = order
+            .iter()
+            .map(|&i| slots[i].take().expect("each cell runs once"));
+        let (mut caches, rows) = self.rows(model, sorted)?;
+        let generated = model.greedy(&mut caches, Request::new(joining_input(rows)), max_new)?;
+        let mut out = vec![Vec::new(); slots.len()];
+        for (&i, tokens) in order.iter().zip(generated) {
+            out[i] = tokens;
+        }
+        Ok(out)
     }
 }
 
@@ -179,22 +187,27 @@ pub(crate) fn by_site<T>(
     Ok(out)
 }
 
-/// A pass over rows entering at their sites (`Input::Hidden` when they share one) that
-/// reads each row's final-normed state at its last position.
-pub(crate) fn joining_request(rows: Vec<JoiningRow>) -> Request {
-    let n = rows.len();
+/// Rows entering a pass at their sites: `Input::Hidden` when they share one.
+fn joining_input(rows: Vec<JoiningRow>) -> Input {
     let site = rows.first().map(|r| r.0);
-    let input = if rows.iter().all(|r| Some(r.0) == site) {
+    if rows.iter().all(|r| Some(r.0) == site) {
         Input::Hidden {
             site: site.expect("a pass has rows"),
             rows: rows.into_iter().map(|(_, r)| r).collect(),
         }
     } else {
         Input::Joining(rows)
-    };
-    (0..n).fold(Request::new(input).logits(LogitsAt::None), |req, r| {
-        req.read(Site::FinalNorm, r, Positions::Last)
-    })
+    }
+}
+
+/// A pass over rows entering at their sites that reads each row's final-normed state at
+/// its last position.
+pub(crate) fn joining_request(rows: Vec<JoiningRow>) -> Request {
+    let n = rows.len();
+    (0..n).fold(
+        Request::new(joining_input(rows)).logits(LogitsAt::None),
+        |req, r| req.read(Site::FinalNorm, r, Positions::Last),
+    )
 }
 
 /// The final-normed states that `joining_request` read, rows 0..n in order.
