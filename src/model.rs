@@ -8,7 +8,6 @@ use crate::error::{Error, Result};
 use crate::hub::{self, ModelFiles};
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightFiles;
-use std::sync::OnceLock;
 
 pub struct Block {
     pub input_norm: Vec<f32>,
@@ -32,8 +31,8 @@ pub struct Model {
     pub lm_head: Option<Vec<f32>>,
     /// RoPE inverse frequencies [head_dim / 2].
     pub(crate) inv_freq: Vec<f32>,
-    /// The LM head's bf16 screen, made on first use (`None` where AMX is missing).
-    head_screen: OnceLock<Option<HeadScreen>>,
+    /// The LM head's bf16 screen (`None` where the CPU has no AMX).
+    head_screen: Option<HeadScreen>,
 }
 
 impl Model {
@@ -64,6 +63,8 @@ impl Model {
             });
         };
         let inv_freq = crate::backend::cpu::rope::inv_freq(c.head_dim, c.rope_theta);
+        let head = lm_head.as_deref().unwrap_or(&embed);
+        let head_screen = HeadScreen::new(head, c.vocab_size, h);
         Ok(Model {
             inv_freq,
             config,
@@ -72,7 +73,7 @@ impl Model {
             blocks,
             final_norm,
             lm_head,
-            head_screen: OnceLock::new(),
+            head_screen,
         })
     }
 
@@ -86,10 +87,7 @@ impl Model {
     /// has one (see `backend::cpu::head_argmax`), else from the logits themselves.
     pub fn head_argmax(&self, xs: &[f32]) -> Vec<u32> {
         let (vocab, hidden) = (self.config.vocab_size, self.config.hidden_size);
-        let screen = self
-            .head_screen
-            .get_or_init(|| HeadScreen::new(self.lm_head(), vocab, hidden));
-        if let Some(screen) = screen {
+        if let Some(screen) = &self.head_screen {
             return screen.argmax(self.lm_head(), xs);
         }
         let rows = xs.len() / hidden;

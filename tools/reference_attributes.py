@@ -30,7 +30,7 @@ Protocol (the Rust command follows the same one):
       with "service" in prompt_source, object_superclass with "Swainson ’ s hawk and
       the prairie"); subject or object empty or whitespace; subject not in prompt_source.
     - LRE: relation name = "name"; target = target_templates[0], else the first prompt
-      template containing "{}" cut at "{}" plus "x" ("The capital city of {} is" ->
+      template containing "{}" after some context (not at its start) cut at "{}" plus "x" ("The capital city of {} is" ->
       "The capital city of x"); source text = that template with the subject in place of
       "{}" (with no such template: the target with its placeholder replaced by the
       subject). Samples with an empty/whitespace subject or object are dropped.
@@ -47,9 +47,12 @@ Protocol (the Rust command follows the same one):
     only_correct rule).
   * source: the subject's first occurrence in the source text ends at char offset e;
     the source position is the first token whose offsets (s, t) have s < e <= t (no such
-    token: the row is skipped, with a reason). The source pass runs tokens 0..=pos only;
-    the layer-l representation is hidden_states[l + 1][0, pos] (for l = L-1 that is the
-    final-normed state: HF replaces the last entry).
+    token: the row is skipped, with a reason). When the subject's last character is split
+    over several byte-level tokens they all share its offsets and the FIRST is taken, as
+    qwen-scope does (the Qwen2 tokenizer splits no subject's last character in the
+    official data; the 512-token test tokenizer does, e.g. "Beyoncé"). The source pass
+    runs tokens 0..=pos only; the layer-l representation is hidden_states[l + 1][0, pos]
+    (for l = L-1 that is the final-normed state: HF replaces the last entry).
   * target: the patch position is the single token of the target prompt whose decoded
     text, stripped, equals "x" (none or several: an error).
   * cell (source layer l, target layer l*): during the PROMPT pass of generate only (the
@@ -69,21 +72,24 @@ Protocol (the Rust command follows the same one):
     padding is needed, so none is used), with one hook per needed module (block l*, or
     the final norm) that patches each of its batch rows with that row's own state.
     --check runs both ways on the same cells and lists every cell whose generated ids
-    differ (exit status 1 if any).
+    differ (exit status 1 if any), and the largest difference of the per-token margins
+    (4 decimals) over the common prefix of the two generations, as "check".
   * --time: wall time of the chosen way, baselines and source passes included (model
     loading excluded), and cells/s with cells = evaluated rows x source layers x target
     layers; printed and stored as "timing".
 
-Output JSON (--out): "model", "relations" (paths), "num_layers", "settings",
-"versions", "dropped" (per relation, counts by reason), "summary" (per relation:
-rows, known unpatched, evaluated, accuracy[si][ti]), optional "timing" and "check", and
-"rows" (one object per line), each with: relation, row, line, subject, object, source,
-source_position, target, target_position, baseline_prompt, baseline, baseline_ids,
-baseline_correct, evaluated, skipped (a reason, or null), and per cell [si][ti]
-(indices into settings.source_layers / settings.target_layers; empty lists when not
-evaluated): generations (text), correct, ids (generated token ids) and margins (per
-generated token: top-1 minus top-2 raw logit, 4 decimals, so a comparison can tell a
-float near-tie from a real difference); baseline_margins likewise.
+Output JSON (--out): "model", "relations" (paths), "num_layers", "settings", "versions",
+"dropped" (per relation, counts by reason), "summary" (per relation: rows, known
+unpatched, evaluated, accuracy[si][ti]), optional "timing" and "check", and "rows" (one
+object per line), each with: relation, row, line, subject, object, source,
+source_position, source_top1 and source_margin (the source's own next-token argmax at
+the source position, and its top-1 minus top-2 logit), target, target_position,
+baseline_prompt, baseline, baseline_ids, baseline_correct, evaluated, skipped (a reason,
+or null), and per cell [si][ti] (indices into settings.source_layers /
+settings.target_layers; empty lists when not evaluated): generations (text), correct,
+ids (generated token ids) and margins (per generated token: top-1 minus top-2 raw logit,
+4 decimals, so a comparison can tell a float near-tie from a real difference);
+baseline_margins likewise.
 """
 
 from __future__ import annotations
@@ -128,7 +134,10 @@ def fill_placeholder(target: str, subject: str) -> str:
 def load_lre(path, target_override):
     with open(path, encoding="utf-8") as f:
         lre = json.load(f)
-    templates = [t for t in lre.get("prompt_templates", []) if "{}" in t]
+    # only templates with context before the slot: "{} is led by" would put a one-token
+    # subject at position 0, the attention sink
+    templates = [t for t in lre.get("prompt_templates", [])
+                 if "{}" in t and not t.lstrip().startswith("{}")]
     template = templates[0] if templates else None
     if target_override is not None:
         target = target_override
@@ -137,8 +146,8 @@ def load_lre(path, target_override):
     elif template is not None:
         target = template[:template.index("{}")] + PLACEHOLDER
     else:
-        sys.exit(f"{path}: no target prompt (target_templates, a template with {{}}, "
-                 "or --target)")
+        sys.exit(f"{path}: no target prompt (target_templates, a template with context "
+                 "before its {{}} slot, or --target)")
     rows, dropped = [], {}
     for i, s in enumerate(lre["samples"]):
         subject, obj = s["subject"], s["object"]
@@ -363,10 +372,9 @@ def token_ending_at(offsets, end):
 
 # ---------------------------------------------------------------- the experiment
 
-def prepare(tok, model, relations, args, source_layers, target_layers):
+def prepare(tok, model, relations, args, source_layers):
     """Baselines and source passes: per row, the dict written to the JSON (cells empty)
     plus the states to patch. The same for both ways."""
-    num_layers = len(model.model.layers)
     baselines = {}
     targets = {}
     out_rows = []
@@ -385,6 +393,7 @@ def prepare(tok, model, relations, args, source_layers, target_layers):
             t_ids, t_pos = targets[row["target"]]
             r = dict(relation=name, row=i, line=row["line"], subject=row["subject"],
                      object=row["object"], source=row["source"], source_position=None,
+                     source_top1=None, source_margin=None,
                      target=row["target"], target_position=t_pos, baseline_prompt=prompt,
                      baseline=baseline, baseline_ids=b_ids, baseline_margins=b_margins,
                      baseline_correct=is_correct(row["object"], baseline),
@@ -426,13 +435,21 @@ def cells_of(prepared, source_layers, target_layers, num_layers):
 def run(tok, model, relations, args, source_layers, target_layers, way):
     num_layers = len(model.model.layers)
     t0 = time.perf_counter()
-    prepared = prepare(tok, model, relations, args, source_layers, target_layers)
+    prepared = prepare(tok, model, relations, args, source_layers)
     cells = cells_of(prepared, source_layers, target_layers, num_layers)
     results = {}  # (row index, si, ti) -> (ids, margins)
+    print(f"{way}: {len(cells)} cells", file=sys.stderr, flush=True)
+
+    def progress(done):
+        if done % 100 < (1 if way == "per-cell" else args.batch) or done == len(cells):
+            print(f"  {done}/{len(cells)} cells, {time.perf_counter() - t0:.0f}s",
+                  file=sys.stderr, flush=True)
+
     if way == "per-cell":
-        for k, si, ti, t_ids, t_pos, cell in cells:
+        for n, (k, si, ti, t_ids, t_pos, cell) in enumerate(cells):
             ids, margins = generate(model, t_ids, args.max_new, t_pos, [cell])
             results[(k, si, ti)] = (ids[0], margins[0])
+            progress(n + 1)
     else:
         groups = {}  # identical target prompts batch without padding
         for c in cells:
@@ -445,15 +462,16 @@ def run(tok, model, relations, args, source_layers, target_layers, way):
                                         [c[5] for c in chunk])
                 for c, i, m in zip(chunk, ids, margins):
                     results[(c[0], c[1], c[2])] = (i, m)
+                progress(len(results))
     ns, nt = len(source_layers), len(target_layers)
     rows = []
     for k, (r, _, t_ids) in enumerate(prepared):
-        if r["evaluated"] and num_layers - 1 in source_layers \
-                and num_layers - 1 in target_layers and r["target_position"] == len(t_ids) - 1:
+        last = num_layers - 1
+        if r["evaluated"] and last in source_layers and last in target_layers \
+                and r["target_position"] == len(t_ids) - 1:
             # final-layer rule: patching the final-normed state at the target's last
             # position makes its first token the source's own next-token prediction
-            first = results[(k, source_layers.index(num_layers - 1),
-                             target_layers.index(num_layers - 1))][0][0]
+            first = results[(k, source_layers.index(last), target_layers.index(last))][0][0]
             assert first == r["source_top1"] or r["source_margin"] < 1e-3, (r, first)
         if r["evaluated"]:
             r["ids"] = [[results[(k, si, ti)][0] for ti in range(nt)] for si in range(ns)]
@@ -485,7 +503,7 @@ def summarize(rows, names, ns, nt):
 
 def compare_ways(a_rows, b_rows, source_layers, target_layers):
     """Cells whose generated ids differ between two runs of the same cells."""
-    mismatches, cells = [], 0
+    mismatches, cells, max_margin_diff = [], 0, 0.0
     for a, b in zip(a_rows, b_rows):
         assert (a["relation"], a["row"], a["evaluated"]) == \
             (b["relation"], b["row"], b["evaluated"])
@@ -497,6 +515,10 @@ def compare_ways(a_rows, b_rows, source_layers, target_layers):
                     continue
                 cells += 1
                 x, y = a["ids"][si][ti], b["ids"][si][ti]
+                same = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), len(x))
+                for i in range(same):
+                    max_margin_diff = max(max_margin_diff, abs(
+                        a["margins"][si][ti][i] - b["margins"][si][ti][i]))
                 if x != y:
                     step = next(i for i, (p, q) in enumerate(zip(x, y)) if p != q)
                     mismatches.append(dict(
@@ -504,7 +526,7 @@ def compare_ways(a_rows, b_rows, source_layers, target_layers):
                         target_layer=lt, first_diff_step=step, ids=x, other_ids=y,
                         margin=a["margins"][si][ti][step],
                         other_margin=b["margins"][si][ti][step]))
-    return cells, mismatches
+    return cells, mismatches, max_margin_diff
 
 
 def dump(result, rows, path):
@@ -574,11 +596,13 @@ def main() -> int:
         other = "batched" if args.way == "per-cell" else "per-cell"
         other_rows, _, _ = run(tok, model, relations, args, source_layers, target_layers,
                                other)
-        cells, mismatches = compare_ways(rows, other_rows, source_layers, target_layers)
+        cells, mismatches, margin_diff = compare_ways(rows, other_rows, source_layers,
+                                                      target_layers)
         check = dict(ways=[args.way, other], batch=args.batch, cells=cells,
-                     mismatches=mismatches)
+                     mismatches=mismatches, max_margin_diff=round(margin_diff, 4))
         print(f"check {args.way} vs {other} (batch {args.batch}): {cells} cells, "
-              f"{len(mismatches)} mismatches", flush=True)
+              f"{len(mismatches)} mismatches; largest margin difference over the tokens "
+              f"both generate: {margin_diff:.4f}", flush=True)
         for m in mismatches:
             print(f"  mismatch: {m}", flush=True)
 
@@ -606,9 +630,11 @@ def main() -> int:
     dump(result, rows, args.out)
 
     for s in summary:
+        # the first best cell, in (source layer, target layer) order
         best = max(((s["accuracy"][si][ti], source_layers[si], target_layers[ti])
                     for si in range(ns) for ti in range(nt)
-                    if s["accuracy"][si][ti] is not None), default=None)
+                    if s["accuracy"][si][ti] is not None), key=lambda c: c[0],
+                   default=None)
         print(f"{s['relation']}: {s['known_unpatched']} of {s['rows']} rows known "
               f"unpatched, {s['evaluated']} evaluated; best accuracy "
               + (f"{best[0]:.3f} at {best[1]} -> {best[2]}" if best else "n/a"))

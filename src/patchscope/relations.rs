@@ -3,8 +3,10 @@
 //! - LRE JSON (Hernandez et al.: `{name, prompt_templates, samples: [{subject, object}]}`).
 //!   A subject alone would sit at position 0, Qwen's attention sink, whose state is ~100x
 //!   larger than any other and patches as noise; so the source text is the relation's
-//!   first prompt template with the subject filled in ("The capital city of France is"),
-//!   read at the subject's last token (tokens after it cannot change that state).
+//!   first prompt template with context before its slot, the subject filled in ("The
+//!   capital city of France is"), read at the subject's last token (tokens after it cannot
+//!   change that state). Without such a template the source is the target prompt with the
+//!   subject in place of its placeholder.
 //! - The official preprocessed TSVs: pandas `to_csv(sep="\t")` output, whose quoted fields
 //!   may hold tabs and newlines. `prompt_source` holds a text that contains the subject; the
 //!   source position is the token that ends the subject's first occurrence (the TSV's own
@@ -134,14 +136,22 @@ struct LreSample {
 
 fn parse_lre(text: &str, target: Option<&str>) -> std::result::Result<Relation, String> {
     let lre: Lre = serde_json::from_str(text).map_err(|e| format!("malformed LRE JSON: {e}"))?;
-    let template = lre.prompt_templates.iter().find(|t| t.contains("{}"));
+    // a template whose subject has context before it: "{} is led by" would put a one-token
+    // subject at position 0, the attention sink
+    let template = lre
+        .prompt_templates
+        .iter()
+        .find(|t| t.contains("{}") && !t.trim_start().starts_with("{}"));
     // "The capital city of {} is" -> "The capital city of x": the template up to its slot
     let derived = template.map(|t| format!("{}{PLACEHOLDER}", &t[..t.find("{}").unwrap()]));
     let target = target
         .map(str::to_string)
         .or(lre.target_templates.first().cloned())
         .or(derived)
-        .ok_or("no target prompt: give target_templates, a prompt template with {}, or --target")?;
+        .ok_or(
+            "no target prompt: give target_templates, a prompt template with context before \
+             its {} slot, or --target",
+        )?;
     let mut dropped = Dropped::new();
     let mut rows = Vec::new();
     for (i, s) in lre.samples.into_iter().enumerate() {
@@ -290,6 +300,16 @@ mod tests {
         assert_eq!(r.rows[0].source, "The capital city of France is");
         assert_eq!(r.rows[0].subject_end, "The capital city of France".len());
         assert_eq!(r.dropped[EMPTY_FIELD], 1);
+    }
+
+    #[test]
+    fn a_template_starting_with_its_slot_gives_no_target_or_source() {
+        let lre = r#"{"name": "ceo", "prompt_templates": ["{} is led by"], "samples": [{"subject": "Apple", "object": "Tim Cook"}]}"#;
+        let e = parse_lre(lre, None).unwrap_err();
+        assert!(e.contains("context before its {} slot"), "{e}");
+        // the source then is the target with the subject, which has context
+        let r = parse_lre(lre, Some("The CEO of x")).unwrap();
+        assert_eq!(r.rows[0].source, "The CEO of Apple");
     }
 
     #[test]

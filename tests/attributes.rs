@@ -1,0 +1,109 @@
+//! Attribute extraction against tools/reference_attributes.py (transformers, hooks, HF
+//! generate, the official rules): baselines, which rows are evaluated, and every cell's
+//! generated text and correctness (tests/fixtures/attributes), on the tiny fixture and on
+//! the converted Qwen2.5-Coder-0.5B. Dropping the patch from the KV cache changes the
+//! tokens after the first; breaking the final-layer rule changes the last-layer cells.
+
+mod common;
+
+use qwen_scope::patchscope::attributes::Attributes;
+use qwen_scope::patchscope::relations::load_relation;
+use qwen_scope::Model;
+
+fn compare_with_transformers(model: &Model, reference: &str) {
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("attributes").join(reference)).unwrap(),
+    )
+    .unwrap();
+    let settings = &r["settings"];
+    let layers = |k: &str| -> Vec<usize> {
+        settings[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect()
+    };
+    let exp = Attributes::new(
+        model,
+        layers("source_layers"),
+        layers("target_layers"),
+        settings["max_new"].as_u64().unwrap() as usize,
+        settings["only_correct"].as_bool().unwrap(),
+    );
+    let relation = load_relation(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/relations/capitals.json"),
+        None,
+    )
+    .unwrap();
+    let limit = settings["limit"].as_u64().unwrap() as usize;
+    let rows: Vec<_> = relation.rows.iter().take(limit).enumerate().collect();
+    // in two batches, so that rows of one batch share generations and baselines
+    let mid = rows.len() / 2;
+    let mut ours = exp.evaluate(&rows[..mid]).unwrap();
+    ours.extend(exp.evaluate(&rows[mid..]).unwrap());
+    let want = r["rows"].as_array().unwrap();
+    assert_eq!(ours.len(), want.len());
+    let (mut cells, mut near_ties) = (0, 0);
+    for (o, w) in ours.iter().zip(want) {
+        let what = format!("{reference} row {} ({})", o.row, o.subject);
+        assert_eq!(o.row as u64, w["row"].as_u64().unwrap(), "{what}");
+        assert_eq!(
+            o.baseline,
+            w["baseline"].as_str().unwrap(),
+            "{what}: baseline"
+        );
+        assert_eq!(
+            o.baseline_correct,
+            w["baseline_correct"].as_bool().unwrap(),
+            "{what}"
+        );
+        assert_eq!(o.evaluated, w["evaluated"].as_bool().unwrap(), "{what}");
+        if !o.evaluated {
+            continue;
+        }
+        for (si, (gens, corrects)) in o.generations.iter().zip(&o.correct).enumerate() {
+            for (ti, (g, c)) in gens.iter().zip(corrects).enumerate() {
+                cells += 1;
+                let want_g = w["generations"][si][ti].as_str().unwrap();
+                if g == want_g {
+                    assert_eq!(*c, w["correct"][si][ti].as_bool().unwrap(), "{what}");
+                    continue;
+                }
+                // two f32 implementations may break a float near-tie differently
+                let min_margin = w["margins"][si][ti]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m.as_f64().unwrap())
+                    .fold(f64::INFINITY, f64::min);
+                assert!(
+                    min_margin < 1e-3,
+                    "{what}, cell ({si}, {ti}): {g:?} vs transformers {want_g:?}"
+                );
+                near_ties += 1;
+            }
+        }
+    }
+    eprintln!("{reference}: {cells} cells equal ({near_ties} differ at a float near-tie)");
+    assert!(cells > 0, "no cell was compared");
+    assert!(
+        near_ties * 100 <= cells,
+        "{near_ties} near-ties in {cells} cells"
+    );
+}
+
+#[test]
+fn attributes_equal_the_transformers_reference_on_the_fixture() {
+    let model = Model::load(common::fixture("tiny-qwen2").to_str().unwrap(), None).unwrap();
+    compare_with_transformers(&model, "tiny-qwen2.json");
+}
+
+#[test]
+fn attributes_equal_the_transformers_reference_on_qwen() {
+    let Some(dir) = common::real_model_dir("qwen2.5-coder-0.5b") else {
+        return;
+    };
+    let model = Model::load(dir.to_str().unwrap(), None).unwrap();
+    compare_with_transformers(&model, "qwen2.5-coder-0.5b.json");
+}
