@@ -116,6 +116,8 @@ pub fn attributes<E: Engine>(
         .collect();
     let bar = progress(todo.len(), "rows");
     let fresh = done.is_empty();
+    let started = std::time::Instant::now();
+    let mut cells = 0;
     for chunk in todo.chunks(a.batch) {
         let rows: Vec<(usize, &AttributeRow)> = chunk.iter().map(|&(_, i, row)| (i, row)).collect();
         let results = exp.evaluate(&rows).with_context(|| {
@@ -146,11 +148,20 @@ pub fn attributes<E: Engine>(
                 result,
             })
             .collect();
+        cells += records.iter().filter(|r| r.result.evaluated).count()
+            * exp.source_layers.len()
+            * exp.target_layers.len();
         journal.append(&records)?;
         done.extend(records);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "evaluated {} rows ({cells} cells, baselines and source passes included) in {secs:.1}s: {:.2} cells/s",
+        todo.len(),
+        cells as f64 / secs.max(1e-9)
+    );
     done.sort_by(|x, y| (&x.relation, x.result.row).cmp(&(&y.relation, y.result.row)));
     report(&a.out, &run, &exp, &relations, &done, num_layers)
 }

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# qwen-scope attribute extraction vs the official batched PyTorch way, on CPU, in one run:
+# the same rows, layers and generation length on both sides, and the generations compared
+# cell by cell.
+#
+#   tools/bench_attributes.sh [MODEL] [RELATION...]
+#       (defaults: models/qwen2.5-coder-0.5b data/relations/capitals.json)
+#
+# NOT a CI step. Needs a Python with torch + transformers (5.x) + tokenizers + numpy from
+# $PYTHON (default /work/venv-ref/bin/python), and a built ./target/release/qwen-scope.
+# Settings via the environment: LIMIT (8 rows per relation), LAYERS (0,2,4,...,22: source
+# and target layers), MAX_NEW (10), BATCH (16 cells per HF generate, the official batch
+# size), THREADS (2), OUT (temp dir).
+# qwen-scope's time and PyTorch's both count baselines, source passes and every patched
+# generation, not model loading. The PyTorch side is tools/reference_attributes.py
+# --way batched: one HF generate per batch of cells with a hook patching each row, as the
+# official evaluate_attriburte_exraction_batch does. Exit status 1 if any generation differs
+# other than at a float near-tie (top-1 minus top-2 logit < 1e-3), 2 on a missing tool.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+MODEL=${1:-models/qwen2.5-coder-0.5b}
+shift || true
+RELATIONS=("${@:-data/relations/capitals.json}")
+[ ${#RELATIONS[@]} -gt 0 ] || RELATIONS=(data/relations/capitals.json)
+PYTHON=${PYTHON:-/work/venv-ref/bin/python}
+LIMIT=${LIMIT:-8}
+LAYERS=${LAYERS:-0,2,4,6,8,10,12,14,16,18,20,22}
+MAX_NEW=${MAX_NEW:-10}
+BATCH=${BATCH:-16}
+THREADS=${THREADS:-2}
+OUT=${OUT:-$(mktemp -d /tmp/bench_attributes.XXXXXX)}
+QS=./target/release/qwen-scope
+
+[ -x "$QS" ] || { echo "error: $QS not built (cargo build --release)" >&2; exit 2; }
+"$PYTHON" -c 'import torch, transformers, tokenizers, numpy' 2>/dev/null || {
+    echo "error: $PYTHON lacks torch/transformers/tokenizers/numpy (set PYTHON=...);" \
+         "this benchmark is not a CI step." >&2; exit 2; }
+mkdir -p "$OUT"
+export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
+echo "== bench_attributes: model=$MODEL relations=${RELATIONS[*]} limit=$LIMIT layers=$LAYERS" \
+     "max_new=$MAX_NEW batch=$BATCH threads=$THREADS out=$OUT"
+
+echo "== qwen-scope attributes"
+rm -rf "$OUT/qs"
+$QS attributes --device cpu --model "$MODEL" --relations "${RELATIONS[@]}" --limit "$LIMIT" \
+    --source-layers "$LAYERS" --target-layers "$LAYERS" --max-new "$MAX_NEW" --out "$OUT/qs" \
+    >"$OUT/qs.stdout" 2>"$OUT/qs.stderr"
+grep -E "^evaluated" "$OUT/qs.stderr"
+
+echo "== PyTorch, the official batched way (tools/reference_attributes.py --way batched)"
+"$PYTHON" tools/reference_attributes.py --model "$MODEL" --relations "${RELATIONS[@]}" \
+    --limit "$LIMIT" --source-layers "$LAYERS" --target-layers "$LAYERS" --max-new "$MAX_NEW" \
+    --way batched --batch "$BATCH" --threads "$THREADS" --time --out "$OUT/torch.json" \
+    >"$OUT/torch.log" 2>&1 || { tail -20 "$OUT/torch.log" >&2; exit 2; }
+
+echo "== comparison"
+"$PYTHON" - "$OUT" <<'PY'
+import json, re, sys
+out = sys.argv[1]
+qs_rows = {(r["relation"], r["row"]): r for r in map(json.loads, open(f"{out}/qs/rows.jsonl"))}
+torch = json.load(open(f"{out}/torch.json"))
+m = re.search(r"in ([0-9.]+)s: ([0-9.]+) cells/s",
+              [l for l in open(f"{out}/qs.stderr") if l.startswith("evaluated")][0])
+qs_secs = float(m.group(1))
+cells = equal = near = bad = 0
+for t in torch["rows"]:
+    q = qs_rows[(t["relation"], t["row"])]
+    assert q["baseline"] == t["baseline"] and q["evaluated"] == t["evaluated"], (q, t)
+    if not t["evaluated"]:
+        continue
+    for si, gens in enumerate(t["generations"]):
+        for ti, g in enumerate(gens):
+            cells += 1
+            if q["generations"][si][ti] == g:
+                equal += 1
+            elif min(t["margins"][si][ti]) < 1e-3:
+                near += 1
+            else:
+                bad += 1
+t_secs = torch["timing"]["wall_s"]
+print(f"cells: {cells} ({equal} equal generations, {near} differ at a float near-tie, {bad} differ)")
+print(f"{'':34} {'seconds':>8} {'cells/s':>9}")
+print(f"{'qwen-scope':34} {qs_secs:8.2f} {cells / qs_secs:9.2f}")
+print(f"{'PyTorch, official batched way':34} {t_secs:8.2f} {cells / t_secs:9.2f}")
+print(f"qwen-scope speed-up: {t_secs / qs_secs:.2f}x")
+sys.exit(1 if bad else 0)
+PY
