@@ -5,6 +5,7 @@
 use super::summary::{LayerSummary, METHODS};
 use crate::error::{Error, Result};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 use std::sync::Once;
 
@@ -124,9 +125,10 @@ pub fn heatmap(
 ) -> Result<()> {
     register_font();
     let n = num_layers.max(1);
-    let root = BitMapBackend::new(path, (760, 700)).into_drawing_area();
+    let root = BitMapBackend::new(path, (840, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-    let mut chart = ChartBuilder::on(&root)
+    let (main, scale) = root.split_horizontally(760);
+    let mut chart = ChartBuilder::on(&main)
         .caption(title, ("sans-serif", 22))
         .margin(20)
         .x_label_area_size(45)
@@ -144,15 +146,55 @@ pub fn heatmap(
         .map_err(|e| plot_err(path, e))?;
     chart
         .draw_series(cells.iter().map(|&(source, target, v)| {
-            let v = v.clamp(0.0, 1.0);
-            // white (0) to dark red (1)
-            let c = RGBColor(
-                255 - (v * 120.0) as u8,
-                255 - (v * 235.0) as u8,
-                255 - (v * 225.0) as u8,
-            );
-            Rectangle::new([(target, source), (target + 1, source + 1)], c.filled())
+            Rectangle::new(
+                [(target, source), (target + 1, source + 1)],
+                heat(v).filled(),
+            )
         }))
         .map_err(|e| plot_err(path, e))?;
+    // the values themselves, where the cells are large enough to hold them
+    let sides = cells.iter().map(|c| c.1).collect::<std::collections::BTreeSet<_>>();
+    if sides.len() <= 16 {
+        let (w, _) = chart.plotting_area().dim_in_pixel();
+        let size = (w as f64 / n as f64 * 0.9).clamp(8.0, 14.0) as u32;
+        chart
+            .draw_series(cells.iter().map(|&(source, target, v)| {
+                let color: &RGBColor = if v > 0.6 { &WHITE } else { &BLACK };
+                let style = TextStyle::from(("sans-serif", size).into_font())
+                    .color(color)
+                    .pos(Pos::new(HPos::Left, VPos::Top));
+                Text::new(format!("{:.0}", v * 100.0), (target, source + 1), style)
+            }))
+            .map_err(|e| plot_err(path, e))?;
+    }
+    // the colour scale, in percent
+    let mut bar = ChartBuilder::on(&scale)
+        .margin_top(60)
+        .margin_bottom(65)
+        .margin_right(10)
+        .y_label_area_size(40)
+        .build_cartesian_2d(0..1, 0..100)
+        .map_err(|e| plot_err(path, e))?;
+    bar.configure_mesh()
+        .disable_mesh()
+        .disable_x_axis()
+        .y_desc("accuracy %")
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    bar.draw_series((0..100).map(|p| {
+        Rectangle::new([(0, p), (1, p + 1)], heat(p as f64 / 100.0).filled())
+    }))
+    .map_err(|e| plot_err(path, e))?;
     root.present().map_err(|e| plot_err(path, e))
+}
+
+/// White (0) to dark red (1).
+fn heat(v: f64) -> RGBColor {
+    let v = v.clamp(0.0, 1.0);
+    RGBColor(
+        255 - (v * 120.0) as u8,
+        255 - (v * 235.0) as u8,
+        255 - (v * 225.0) as u8,
+    )
 }
