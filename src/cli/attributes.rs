@@ -30,7 +30,7 @@ pub struct AttributesArgs {
     /// Evaluate rows the model gets wrong without patching too (the official runs drop them).
     #[arg(long)]
     pub all_rows: bool,
-    /// At most this many rows per relation.
+    /// Only the first N kept rows of each relation file, in file order.
     #[arg(long)]
     pub limit: Option<usize>,
     #[arg(long, default_value = "results/attributes")]
