@@ -59,19 +59,8 @@ import unicodedata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-PASSAGE = (
-    "The water cycle describes how water moves between the Earth's surface and the atmosphere. "
-    "It begins when the Sun heats water in oceans, lakes and rivers, causing it to evaporate and "
-    "rise into the air as water vapor. Plants also release water vapor through their leaves in a "
-    "process called transpiration. As the warm, moist air rises, it cools, and the water vapor "
-    "condenses into tiny droplets that form clouds. When the droplets combine and become too heavy, "
-    "they fall back to the ground as precipitation, such as rain, snow, sleet or hail. Some of this "
-    "water flows over the land as runoff and collects in rivers, lakes and oceans. Some of it soaks "
-    "into the soil and becomes groundwater, which can be stored in underground layers of rock for "
-    "many years. Eventually, the water returns to the surface and evaporates again, and the cycle "
-    "continues. The water cycle is important because it moves heat around the planet, shapes the "
-    "weather and provides fresh water for plants, animals and people."
-)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from smollm2_reference import PASSAGE  # noqa: E402  (the same long passage for every model)
 
 PROMPTS = [
     "The capital of France is",

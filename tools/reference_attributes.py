@@ -108,6 +108,9 @@ import tokenizers
 import torch
 import transformers
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference_sweep  # noqa: E402  (the same model loading)
+
 PLACEHOLDER = "x"
 # the last whole-word "x" of a target prompt
 PLACEHOLDER_RE = re.compile(r"(?<!\w)x(?!\w)")
@@ -252,11 +255,7 @@ def is_correct(obj: str, generated: str) -> bool:
 # ---------------------------------------------------------------- model
 
 def load(model_dir):
-    tok = tokenizers.Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager")
-    model.eval()
-    assert next(model.parameters()).dtype == torch.float32
+    tok, model = reference_sweep.load(model_dir)
     # A fresh generation config: greedy, no eos (never stop early), no processors. Values
     # left None in a generate() call are filled from model.generation_config, so the
     # model's own one (eos, maybe a repetition penalty) must go.
