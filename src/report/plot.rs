@@ -153,7 +153,10 @@ pub fn heatmap(
         }))
         .map_err(|e| plot_err(path, e))?;
     // the values themselves, where the cells are large enough to hold them
-    let sides = cells.iter().map(|c| c.1).collect::<std::collections::BTreeSet<_>>();
+    let sides = cells
+        .iter()
+        .map(|c| c.1)
+        .collect::<std::collections::BTreeSet<_>>();
     if sides.len() <= 16 {
         let (w, _) = chart.plotting_area().dim_in_pixel();
         let size = (w as f64 / n as f64 * 0.9).clamp(8.0, 14.0) as u32;
@@ -182,9 +185,9 @@ pub fn heatmap(
         .label_style(("sans-serif", 12))
         .draw()
         .map_err(|e| plot_err(path, e))?;
-    bar.draw_series((0..100).map(|p| {
-        Rectangle::new([(0, p), (1, p + 1)], heat(p as f64 / 100.0).filled())
-    }))
+    bar.draw_series(
+        (0..100).map(|p| Rectangle::new([(0, p), (1, p + 1)], heat(p as f64 / 100.0).filled())),
+    )
     .map_err(|e| plot_err(path, e))?;
     root.present().map_err(|e| plot_err(path, e))
 }
