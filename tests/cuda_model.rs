@@ -15,19 +15,22 @@
 //! `qwen2_05b_parity` (ignored; run by tools/gpu-check.sh through tools/gpu_parity.py)
 //! compares against transformers on a random model with Qwen2-0.5B's shapes.
 //!
-//! Without a GPU, or in a build without kernels, every test prints
-//! "SKIPPED: <test>: <reason>" to stderr and passes. Fixtures are found under
+//! The GPU tests are ignored tests, so `cargo test` reports them as ignored; run them with
+//! `--include-ignored` where a GPU is (tools/gpu-check.sh does), where a missing GPU or a
+//! build without kernels fails them. Fixtures are found under
 //! $QWEN_SCOPE_FIXTURES when set (a GPU machine running prebuilt binaries), else under
 //! the crate's tests/fixtures.
 
+mod common;
+
 use qwen_scope::backend::cpu::logits::argmax;
-use qwen_scope::backend::cuda::{self, CudaKvCache, CudaModel, DType, Device};
+use qwen_scope::backend::cuda::{CudaKvCache, CudaModel, DType, Device};
 use qwen_scope::{
     HiddenRow, Input, KvCache, LogitsAt, Model, Output, Positions, Request, Site, WriteOp,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 const MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen2-untied", "tiny-llama"];
@@ -35,31 +38,10 @@ const F32_TOL: f32 = 1e-4;
 
 // ---- harness ---------------------------------------------------------------------------
 
-static DEVICE: OnceLock<Result<Arc<Device>, String>> = OnceLock::new();
-
 fn say(line: &str) {
     // Straight to the process's stderr: libtest captures eprintln! of passing tests.
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// The shared GPU, or None after printing why the test is skipped.
-fn device(test: &str) -> Option<Arc<Device>> {
-    let d = DEVICE.get_or_init(|| {
-        if !cuda::kernels_embedded() {
-            return Err(
-                "this build has no CUDA kernels (nvcc was not found when it was built)".into(),
-            );
-        }
-        Device::new(0).map(Arc::new).map_err(|e| e.to_string())
-    });
-    match d {
-        Ok(d) => Some(d.clone()),
-        Err(e) => {
-            say(&format!("SKIPPED: {test}: {e}"));
-            None
-        }
-    }
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -206,10 +188,9 @@ fn vector(seed: usize, d: usize, scale: f32) -> Vec<f32> {
 // ---- f32 parity ------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn f32_single_prompt_logits_states_and_cache_match_cpu() {
-    let Some(dev) = device("f32_single_prompt_logits_states_and_cache_match_cpu") else {
-        return;
-    };
+    let dev = common::gpu().clone();
     for name in MODELS {
         let host = load(name);
         let m = gpu(&host, &dev, DType::F32);
@@ -226,10 +207,9 @@ fn f32_single_prompt_logits_states_and_cache_match_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn f32_batched_unequal_lengths_with_writes_match_cpu() {
-    let Some(dev) = device("f32_batched_unequal_lengths_with_writes_match_cpu") else {
-        return;
-    };
+    let dev = common::gpu().clone();
     for name in MODELS {
         let host = load(name);
         let m = gpu(&host, &dev, DType::F32);
@@ -264,10 +244,9 @@ fn f32_batched_unequal_lengths_with_writes_match_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn f32_prefill_then_decode_matches_cpu() {
-    let Some(dev) = device("f32_prefill_then_decode_matches_cpu") else {
-        return;
-    };
+    let dev = common::gpu().clone();
     for name in MODELS {
         let host = load(name);
         let m = gpu(&host, &dev, DType::F32);
@@ -310,10 +289,9 @@ fn f32_prefill_then_decode_matches_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn f32_forks_and_hidden_starts_match_cpu() {
-    let Some(dev) = device("f32_forks_and_hidden_starts_match_cpu") else {
-        return;
-    };
+    let dev = common::gpu().clone();
     for name in MODELS {
         let host = load(name);
         let m = gpu(&host, &dev, DType::F32);
@@ -447,10 +425,9 @@ fn f32_forks_and_hidden_starts_match_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn f32_patched_greedy_matches_cpu() {
-    let Some(dev) = device("f32_patched_greedy_matches_cpu") else {
-        return;
-    };
+    let dev = common::gpu().clone();
     for name in MODELS {
         let host = load(name);
         let m = gpu(&host, &dev, DType::F32);
@@ -497,10 +474,9 @@ fn f32_patched_greedy_matches_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn invalid_requests_fail_as_on_the_cpu_and_leave_caches_alone() {
-    let Some(dev) = device("invalid_requests_fail_as_on_the_cpu_and_leave_caches_alone") else {
-        return;
-    };
+    let dev = common::gpu().clone();
     let host = load("tiny-qwen2");
     let m = gpu(&host, &dev, DType::F32);
     let (v, d) = (host.config.vocab_size, host.config.hidden_size);
@@ -572,10 +548,9 @@ fn invalid_requests_fail_as_on_the_cpu_and_leave_caches_alone() {
 // ---- f16 / bf16 ------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn bf16_needs_sm80() {
-    let Some(dev) = device("bf16_needs_sm80") else {
-        return;
-    };
+    let dev = common::gpu().clone();
     let made = CudaModel::new(&load("tiny-llama"), dev.clone(), DType::BF16);
     match (dev.compute_capability().0 >= 8, made) {
         (true, r) => assert!(r.is_ok(), "bf16 refused on {}", dev.name()),
@@ -600,10 +575,9 @@ fn half_metrics(got: &Output, want: &Output, tol: f32) -> (f32, f32, f32) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn half_modes_track_the_f32_cpu_pass() {
-    let Some(dev) = device("half_modes_track_the_f32_cpu_pass") else {
-        return;
-    };
+    let dev = common::gpu().clone();
     for name in MODELS {
         let host = load(name);
         let (v, l) = (host.config.vocab_size, host.config.num_layers);
@@ -669,10 +643,9 @@ fn half_modes_track_the_f32_cpu_pass() {
 /// Rows joining one pass at their own sites (embedding, block outputs, final norm), over
 /// forks of a shared prefix, with a read at every row's final norm.
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn f32_joining_pass_matches_cpu() {
-    let Some(dev) = device("f32_joining_pass_matches_cpu") else {
-        return;
-    };
+    let dev = common::gpu().clone();
     for name in MODELS {
         let host = load(name);
         let m = gpu(&host, &dev, DType::F32);
@@ -733,12 +706,11 @@ fn f32_joining_pass_matches_cpu() {
 /// cells) and a patched generation run on the GPU give the CPU's results: the same
 /// predictions in every cell and surprisals within 1e-3 in f32.
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn f32_patchscopes_match_cpu() {
     use qwen_scope::patchscope::next_token::{fit_tuned_lens, lens_rows, run_sources, NextToken};
     use qwen_scope::patchscope::{target::Target, TOKEN_IDENTITY_PROMPT};
-    let Some(dev) = device("f32_patchscopes_match_cpu") else {
-        return;
-    };
+    let dev = common::gpu().clone();
     let prompts = [
         "The old lighthouse keeper counted the ships every night.",
         "Fresh bread smells best early in the morning.",
@@ -902,7 +874,7 @@ fn qwen2_05b_parity() {
         ));
         return;
     };
-    let Some(dev) = device(test) else { return };
+    let dev = common::gpu().clone();
     let t0 = Instant::now();
     let refs = read_safetensors(&ref_path);
     let host = Model::load(&model_dir, None).expect("model loads");

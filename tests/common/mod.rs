@@ -138,6 +138,32 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// The reason given to every test that needs a GPU: `cargo test` reports them as ignored,
+/// and `cargo test -- --include-ignored` (tools/gpu-check.sh) runs them where one is.
+pub const NEEDS_GPU: &str = "needs a CUDA GPU: run with --include-ignored where one is";
+
+/// GPU 0, shared by the tests of one binary. A test that asks for it where none is usable
+/// fails with the reason: only ignored tests ask, so a plain `cargo test` never does.
+pub fn gpu() -> &'static std::sync::Arc<qwen_scope::backend::cuda::Device> {
+    use qwen_scope::backend::cuda::{self, Device};
+    static GPU: std::sync::OnceLock<Result<std::sync::Arc<Device>, String>> =
+        std::sync::OnceLock::new();
+    let gpu = GPU.get_or_init(|| {
+        if !cuda::kernels_embedded() {
+            return Err(
+                "this build has no CUDA kernels (nvcc was not found when it was built)".into(),
+            );
+        }
+        Device::new(0)
+            .map(std::sync::Arc::new)
+            .map_err(|e| e.to_string())
+    });
+    match gpu {
+        Ok(d) => d,
+        Err(e) => panic!("this test needs a CUDA GPU: {e}"),
+    }
+}
+
 /// Whether a GPU with this build's kernels can be opened here.
 pub fn gpu_usable() -> bool {
     qwen_scope::backend::cuda::Device::new(0).is_ok()

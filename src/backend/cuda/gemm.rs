@@ -1,8 +1,7 @@
 //! Matrix products through cuBLAS: `y[m, n] = x[m, k] · w^T` with `w` stored [n, k]
 //! row-major as in the safetensors files, x and w in f32, f16 or bf16 (the same type),
 //! y in f32, computed in f32 (CUBLAS_COMPUTE_32F: no TF32, no half-precision
-//! accumulation). Twin: `cpu::matmul::linear` (which keeps W transposed, [k, n]; here W
-//! stays as stored, [n, k]).
+//! accumulation). Twin: `cpu::matmul::linear`, which keeps W as stored, [n, k], too.
 
 use super::cuda_err;
 use super::device::Device;

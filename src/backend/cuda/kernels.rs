@@ -170,7 +170,8 @@ pub fn embedding<T: CudaFloat>(
         DType::F16 => "embedding_f16",
         DType::BF16 => "embedding_bf16",
     };
-    // SAFETY: sizes checked above; argument types match the kernel.
+    // SAFETY: sizes checked above. Nothing checks the argument list against the kernel's
+    // C signature in kernels/: the two are kept in step by hand, and the GPU tests catch a slip.
     unsafe {
         dev.launch(
             name,
@@ -214,7 +215,8 @@ pub fn rmsnorm<O: CudaFloat>(
         DType::BF16 => "rmsnorm_bf16",
     };
     let block = if d >= 4096 { 1024 } else { row_block(d, 512) };
-    // SAFETY: sizes checked above; argument types match the kernel.
+    // SAFETY: sizes checked above. Nothing checks the argument list against the kernel's
+    // C signature in kernels/: the two are kept in step by hand, and the GPU tests catch a slip.
     unsafe { dev.launch(name, (rows as u32, 1, 1), (block, 1, 1), 0, &mut a) }
 }
 
@@ -253,7 +255,8 @@ pub fn rope(
     let (pos, _g2) = positions.device_ptr(s);
     let (f, _g3) = inv_freq.device_ptr(s);
     let mut a = args![x, pos, f, n_i, heads_i, hd_i, stride, offset];
-    // SAFETY: sizes checked above; argument types match the kernel.
+    // SAFETY: sizes checked above. Nothing checks the argument list against the kernel's
+    // C signature in kernels/: the two are kept in step by hand, and the GPU tests catch a slip.
     unsafe {
         dev.launch(
             "rope_f32",
@@ -296,7 +299,8 @@ pub fn swiglu<O: CudaFloat>(
         DType::F16 => "swiglu_f16",
         DType::BF16 => "swiglu_bf16",
     };
-    // SAFETY: sizes checked above; argument types match the kernel.
+    // SAFETY: sizes checked above. Nothing checks the argument list against the kernel's
+    // C signature in kernels/: the two are kept in step by hand, and the GPU tests catch a slip.
     unsafe {
         dev.launch(
             name,
@@ -340,7 +344,8 @@ pub fn cast<I: CudaFloat, O: CudaFloat>(
     let (x, _g1) = x.device_ptr(s);
     let (y, _g2) = y.device_ptr_mut(s);
     let mut a = args![x, y, n_i];
-    // SAFETY: sizes checked above; argument types match the kernel.
+    // SAFETY: sizes checked above. Nothing checks the argument list against the kernel's
+    // C signature in kernels/: the two are kept in step by hand, and the GPU tests catch a slip.
     unsafe { dev.launch(name, (blocks_for(n, BLOCK), 1, 1), (BLOCK, 1, 1), 0, &mut a) }
 }
 
@@ -362,7 +367,8 @@ pub fn add_inplace(
     let (h, _g1) = h.device_ptr_mut(s);
     let (d, _g2) = delta.device_ptr(s);
     let mut a = args![h, d, n_i];
-    // SAFETY: sizes checked above; argument types match the kernel.
+    // SAFETY: sizes checked above. Nothing checks the argument list against the kernel's
+    // C signature in kernels/: the two are kept in step by hand, and the GPU tests catch a slip.
     unsafe {
         dev.launch(
             "add_inplace_f32",
@@ -427,7 +433,8 @@ pub fn write_rows(
     let (mp, _g3) = mode_d.device_ptr(s);
     let (vp, _g4) = val_d.device_ptr(s);
     let mut a = args![h, hidden_i, n_tokens_i, ip, mp, vp, n_w];
-    // SAFETY: sizes and indices checked above; argument types match the kernel.
+    // SAFETY: sizes and indices checked above. Nothing checks the argument list against the
+    // kernel's C signature in kernels/: kept in step by hand, checked by the GPU tests.
     unsafe {
         dev.launch(
             "write_rows_f32",
@@ -473,7 +480,8 @@ pub fn gather_rows(
     let (dp, _g3) = dst.device_ptr_mut(s);
     let mut a = args![sp, src_rows, ip, dp, width_i, n_i];
     let gx = width.div_ceil(BLOCK as usize).min(1024) as u32;
-    // SAFETY: sizes checked above; argument types match the kernel.
+    // SAFETY: sizes checked above. Nothing checks the argument list against the kernel's
+    // C signature in kernels/: the two are kept in step by hand, and the GPU tests catch a slip.
     unsafe {
         dev.launch(
             "gather_rows_f32",
@@ -509,7 +517,8 @@ pub fn add_bias<B: CudaFloat>(
         DType::F16 => "add_bias_f16",
         DType::BF16 => "add_bias_bf16",
     };
-    // SAFETY: sizes checked above; argument types match the kernel.
+    // SAFETY: sizes checked above. Nothing checks the argument list against the kernel's
+    // C signature in kernels/: the two are kept in step by hand, and the GPU tests catch a slip.
     unsafe {
         dev.launch(
             name,
@@ -550,7 +559,8 @@ pub fn log_softmax(
     let (xp, _g1) = x.device_ptr(s);
     let (yp, _g2) = y.device_ptr_mut(s);
     let mut a = args![xp, yp, vocab_i, rows_i];
-    // SAFETY: sizes checked above; argument types match the kernel.
+    // SAFETY: sizes checked above. Nothing checks the argument list against the kernel's
+    // C signature in kernels/: the two are kept in step by hand, and the GPU tests catch a slip.
     unsafe {
         dev.launch(
             "log_softmax_f32",
@@ -579,7 +589,8 @@ pub fn argmax(
     let (xp, _g1) = x.device_ptr(s);
     let (op, _g2) = out.device_ptr_mut(s);
     let mut a = args![xp, op, vocab_i, rows_i];
-    // SAFETY: sizes checked above; argument types match the kernel.
+    // SAFETY: sizes checked above. Nothing checks the argument list against the kernel's
+    // C signature in kernels/: the two are kept in step by hand, and the GPU tests catch a slip.
     unsafe {
         dev.launch(
             "argmax_f32",
@@ -619,7 +630,8 @@ pub fn top_k(
     let (ip, _g2) = idx.device_ptr_mut(s);
     let (vp, _g3) = vals.device_ptr_mut(s);
     let mut a = args![xp, ip, vp, vocab_i, k_i, rows_i];
-    // SAFETY: sizes checked above; argument types match the kernel.
+    // SAFETY: sizes checked above. Nothing checks the argument list against the kernel's
+    // C signature in kernels/: the two are kept in step by hand, and the GPU tests catch a slip.
     unsafe {
         dev.launch(
             "topk_f32",
@@ -1118,7 +1130,7 @@ pub unsafe fn attention<T: CudaFloat>(
         qp, stride, offset, tp, tl, rp, op, pp, n_i, nh_i, nkv_i, hd_i, scale, tt_i, hc_i, sp_i
     ];
     // SAFETY: sizes and cache ranges checked above; the table's buffers per this fn's
-    // contract; argument types match the kernel.
+    // contract. The argument list is kept in step with the kernel's C signature by hand.
     unsafe {
         dev.launch(
             name,

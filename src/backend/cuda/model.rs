@@ -10,10 +10,10 @@
 //! attention output and the rows fed to the LM head are cast); in f32 mode nothing is
 //! rounded. KV caches hold keys and values in the weight dtype (f32 in f32 mode).
 //!
-//! The host validation (rows, positions, sites, write sizes, token ids, cache lengths) is
-//! a copy of the CPU pass's, with the same error messages. One difference: a bad
-//! `LogitsAt::At` pair is reported before any block runs, so the caches are left untouched
-//! (the CPU pass finds it after the blocks have appended to them).
+//! Requests are checked by the same plan as the CPU pass's (src/plan.rs: rows, positions,
+//! sites, write sizes, token ids, cache lengths, logit rows) before any block runs, so
+//! both backends refuse the same requests with the same messages and leave the caches
+//! untouched when they do.
 
 use super::device::Device;
 use super::gemm;
