@@ -16,13 +16,13 @@ use criterion::{
 };
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use half::f16;
-use qwen_scope::backend::cpu::attention::{AttnShape, TokenAt};
 use qwen_scope::backend::cpu::{
     attention, embedding, logits, matmul, residual, rmsnorm, rope, swiglu,
 };
 use qwen_scope::backend::cuda::kernels::{self as ck, AttnBatch, KvTable, RowLayout, Splits};
 use qwen_scope::backend::cuda::{gemm, CudaFloat, Device};
 use qwen_scope::data::fixed_token_rows;
+use qwen_scope::shape::{AttnShape, TokenAt};
 use qwen_scope::{KvCache, LogitsAt, Model, Request};
 use std::hint::black_box;
 use std::sync::{Arc, OnceLock};

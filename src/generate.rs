@@ -3,9 +3,9 @@
 //! the KV cache that every later token attends to.
 
 use crate::error::Result;
-use crate::forward::{LogitsAt, Request};
 use crate::kv::KvCache;
 use crate::model::Model;
+use crate::request::{LogitsAt, Request};
 use crate::stream::{Positions, Site, State};
 
 impl Model {

@@ -2,8 +2,9 @@
 //! PatchScopes experiments.
 //!
 //! Data flows one way: [`hub`] finds the files, [`config`], [`weights`] and [`tokenizer`]
-//! read them into a [`model::Model`], the [`backend`] supplies the ops, and [`forward`]
-//! runs the pass with the reads and writes of [`stream`] against the caches of [`kv`].
+//! read them into a [`model::Model`]; a [`request`] names what a pass starts from, the
+//! reads and writes of [`stream`] and the logits asked; the [`backend`] supplies the ops,
+//! and [`forward`] runs the CPU pass against the caches of [`kv`].
 //!
 //! ```no_run
 //! use qwen_scope::{LogitsAt, Model, Positions, Request, Site, WriteOp};
@@ -34,6 +35,8 @@ pub mod model;
 pub mod patchscope;
 mod plan;
 pub mod report;
+pub mod request;
+pub mod shape;
 pub mod stream;
 pub mod tokenizer;
 pub mod weights;
@@ -41,7 +44,7 @@ pub mod weights;
 pub use config::{Arch, Config};
 pub use engine::{Cache, Engine};
 pub use error::{Error, Result};
-pub use forward::{HiddenRow, Input, Logits, LogitsAt, Output, Request};
 pub use kv::KvCache;
 pub use model::Model;
+pub use request::{HiddenRow, Input, Logits, LogitsAt, Output, Request};
 pub use stream::{Positions, Read, Site, State, Write, WriteOp};

@@ -3,10 +3,10 @@
 //! land, and which tokens get logits. Shared by the CPU and CUDA passes so that both
 //! accept the same requests and refuse bad ones with the same messages.
 
-use crate::backend::cpu::attention::TokenAt;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::forward::{HiddenRow, Input, LogitsAt, Request};
+use crate::request::{HiddenRow, Input, LogitsAt, Request};
+use crate::shape::TokenAt;
 use crate::stream::{Positions, Site, WriteOp};
 use std::ops::Range;
 

@@ -10,7 +10,7 @@
 mod common;
 
 use half::{bf16, f16};
-use qwen_scope::backend::cpu::attention::{self as cpu_att, AttnShape, TokenAt};
+use qwen_scope::backend::cpu::attention as cpu_att;
 use qwen_scope::backend::cpu::{
     embedding as cpu_emb, logits as cpu_logits, matmul as cpu_mm, residual as cpu_res,
     rmsnorm as cpu_rms, rope as cpu_rope, swiglu as cpu_swiglu,
@@ -19,6 +19,7 @@ use qwen_scope::backend::cuda::kernels::{
     self as k, AttnBatch, KvTable, RowLayout, RowWrite, Splits,
 };
 use qwen_scope::backend::cuda::{self, gemm, CudaFloat, Device};
+use qwen_scope::shape::{AttnShape, TokenAt};
 use qwen_scope::{KvCache, LogitsAt, Model, Request};
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@ use super::target::Target;
 use super::{source_site, target_site};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::forward::{LogitsAt, Request};
+use crate::request::{LogitsAt, Request};
 use crate::stream::Positions;
 use crate::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};

@@ -14,7 +14,7 @@ use super::{source_position, source_site, target_site};
 use crate::backend::cpu::logits::{argmax, log_softmax};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::forward::{HiddenRow, LogitsAt, Request};
+use crate::request::{HiddenRow, LogitsAt, Request};
 use crate::stream::{Positions, Site, WriteOp};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 
 use crate::engine::{Cache, Engine};
 use crate::error::{Error, Result};
-use crate::forward::{HiddenRow, Input, LogitsAt, Request};
+use crate::request::{HiddenRow, Input, LogitsAt, Request};
 use crate::stream::{Positions, Site};
 use std::sync::Arc;
 
@@ -211,7 +211,7 @@ pub(crate) fn joining_request(rows: Vec<JoiningRow>) -> Request {
 }
 
 /// The final-normed states that `joining_request` read, rows 0..n in order.
-pub(crate) fn final_normed_rows(out: crate::forward::Output, n: usize) -> Vec<Vec<f32>> {
+pub(crate) fn final_normed_rows(out: crate::request::Output, n: usize) -> Vec<Vec<f32>> {
     // states come site by site, each in row order: here one site, one state per row
     let rows: Vec<Vec<f32>> = out.states.into_iter().map(|s| s.values).collect();
     debug_assert_eq!(rows.len(), n);

@@ -2,20 +2,8 @@
 //! Each new token attends to every cached position up to and including its own.
 
 use crate::kv::{KvCache, Segment};
+use crate::shape::{AttnShape, TokenAt};
 use rayon::prelude::*;
-
-pub struct AttnShape {
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
-}
-
-/// One new token: which cache (batch row) it belongs to and its position.
-#[derive(Clone, Copy)]
-pub struct TokenAt {
-    pub row: usize,
-    pub pos: usize,
-}
 
 /// `q` is [tokens, num_heads, head_dim] (RoPE applied); the caches already hold the keys
 /// and values of these tokens in block `layer`. Returns [tokens, num_heads, head_dim].

@@ -8,8 +8,8 @@
 
 use super::device::Device;
 use super::{CudaFloat, DType};
-use crate::backend::cpu::attention::{AttnShape, TokenAt};
 use crate::error::{Error, Result};
+use crate::shape::{AttnShape, TokenAt};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 use std::ffi::c_void;
 use std::marker::PhantomData;
