@@ -208,7 +208,7 @@ impl Device {
             let f = unsafe { result::module::get_function(raw, c) }.map_err(|e| {
                 Error::Cuda(format!(
                     "kernel {k} is missing from the embedded module ({e:?}); kernels/ and \
-                     src/backend/cuda/kernels.rs disagree"
+                     src/backend/cuda/kernels/mod.rs disagree"
                 ))
             })?;
             funcs.insert(k, f);
