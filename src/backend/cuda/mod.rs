@@ -15,10 +15,13 @@
 pub mod device;
 pub mod gemm;
 pub mod kernels;
+mod kv_cache;
 pub mod model;
+mod storage;
 
 pub use device::Device;
-pub use model::{CudaKvCache, CudaModel};
+pub use kv_cache::CudaKvCache;
+pub use model::CudaModel;
 
 use crate::error::Error;
 use cudarc::driver::DeviceRepr;
