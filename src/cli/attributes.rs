@@ -96,7 +96,7 @@ pub fn attributes<E: Engine>(
         "only_correct": exp.only_correct,
         "limit": a.limit,
     });
-    super::sweep::prepare_out(&a.out, &run, "rows.jsonl", a.resume)?;
+    super::prepare_out(&a.out, &run, "rows.jsonl", a.resume)?;
     let journal_path = a.out.join("rows.jsonl");
     let (mut journal, mut done) = Journal::open::<Record>(&journal_path, !a.resume)?;
     let todo: Vec<(&str, usize, &AttributeRow)> = relations

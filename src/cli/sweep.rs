@@ -1,14 +1,14 @@
 //! `qwen-scope sweep`: the next-token experiment (paper section 4.1) over every layer,
 //! with a resumable journal, CSV/JSON tables and plots.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use qwen_scope::data::{load_prompts, parse_lines, DEFAULT_PROMPTS};
 use qwen_scope::patchscope::mapping::{load_affines, save_affines, Affine};
 use qwen_scope::patchscope::next_token::{
     fit_tuned_lens, lens_rows, run_sources, LensRows, NextToken, PhaseTimes, SampleResult,
 };
-use qwen_scope::report::{journal::Journal, plot, summary, write_atomic};
+use qwen_scope::report::{journal::Journal, plot, summary};
 use qwen_scope::Engine;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -93,7 +93,7 @@ pub fn sweep<E: Engine>(model: &E, run_model: &super::RunModel, a: &SweepArgs) -
         "lens_positions": if a.lens_positions == LensPositions::All { "all" } else { "one" },
         "path": if a.reference { "reference" } else { "fast" },
     });
-    prepare_out(&a.out, &run, "samples.jsonl", a.resume)?;
+    super::prepare_out(&a.out, &run, "samples.jsonl", a.resume)?;
 
     let encode = |range: std::ops::Range<usize>| -> Result<Vec<(usize, Vec<u32>)>> {
         range
@@ -170,73 +170,6 @@ fn report_phases(t: &PhaseTimes, samples: usize, num_layers: usize, grid: bool) 
         "token identity alone: {ti_cells} cells in {ti_secs:.3}s (source passes included): {:.1} cells/s",
         ti_cells as f64 / ti_secs.max(1e-9)
     );
-}
-
-/// Creates the results folder; refuses to mix runs: another experiment's folder, or a
-/// different run, needs a new --out; an existing run needs --resume (or is started over
-/// when its `journal` is missing).
-pub fn prepare_out(out: &Path, run: &serde_json::Value, journal: &str, resume: bool) -> Result<()> {
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create results folder {}", out.display()))?;
-    let run_file = out.join("run.json");
-    let old: Option<serde_json::Value> =
-        match std::fs::read_to_string(&run_file) {
-            Ok(text) => Some(serde_json::from_str(&text).with_context(|| {
-                format!("{} is not a qwen-scope run record", run_file.display())
-            })?),
-            Err(_) => None,
-        };
-    if let Some(old) = &old {
-        if old["experiment"] != run["experiment"] {
-            bail!(
-                "{} holds results of another experiment ({}): choose another --out",
-                out.display(),
-                old["experiment"]
-            );
-        }
-    }
-    if resume {
-        let Some(old) = old else {
-            bail!("--resume: no earlier run in {}", out.display());
-        };
-        let changed = changed_settings(&old, run);
-        if !changed.is_empty() {
-            bail!(
-                "--resume: {} holds a run with other settings:\n{}",
-                out.display(),
-                changed.join("\n")
-            );
-        }
-        return Ok(());
-    }
-    if old.is_some() && out.join(journal).exists() {
-        bail!(
-            "{} already holds a run: pass --resume to continue it, or choose another --out",
-            out.display()
-        );
-    }
-    write_atomic(&run_file, &serde_json::to_vec_pretty(run)?)
-        .with_context(|| format!("results folder {} is not writable", out.display()))?;
-    Ok(())
-}
-
-/// The run settings that differ, one line each: "  key: earlier X, now Y".
-fn changed_settings(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
-    let empty = serde_json::Map::new();
-    let (o, n) = (
-        old.as_object().unwrap_or(&empty),
-        new.as_object().unwrap_or(&empty),
-    );
-    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| o.get(*k) != n.get(*k))
-        .map(|k| {
-            let show = |v: Option<&serde_json::Value>| v.map_or("absent".into(), |v| v.to_string());
-            format!("  {k}: earlier {}, now {}", show(o.get(k)), show(n.get(k)))
-        })
-        .collect()
 }
 
 /// Fits the tuned lens on the training prompts, or reloads the fit of the run being resumed.
