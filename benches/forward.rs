@@ -13,6 +13,7 @@ use criterion::{
 };
 use qwen_scope::backend::cuda::{CudaKvCache, CudaModel, DType};
 use qwen_scope::data::fixed_token_rows;
+use qwen_scope::Engine;
 use qwen_scope::{KvCache, LogitsAt, Request};
 
 const PROMPT: usize = 32;

@@ -23,7 +23,8 @@ use qwen_scope::backend::cuda::kernels::{self as ck, AttnBatch, KvTable, RowLayo
 use qwen_scope::backend::cuda::{gemm, CudaFloat, Device};
 use qwen_scope::data::fixed_token_rows;
 use qwen_scope::shape::{AttnShape, TokenAt};
-use qwen_scope::{KvCache, LogitsAt, Model, Request};
+use qwen_scope::Engine;
+use qwen_scope::{CpuModel, KvCache, LogitsAt, Request};
 use std::hint::black_box;
 use std::sync::{Arc, OnceLock};
 
@@ -221,8 +222,22 @@ fn bench_rope(c: &mut Criterion) {
         g.throughput(moved::<f32, f32>(n, n));
         g.bench_function(id("cpu", m), |b| {
             b.iter(|| {
-                rope::rope(&mut q, &pos, HEADS, HEAD_DIM, &inv_freq);
-                rope::rope(&mut k, &pos, KV_HEADS, HEAD_DIM, &inv_freq);
+                rope::rope(
+                    &mut q,
+                    RowLayout::packed(Q_DIM),
+                    HEADS,
+                    HEAD_DIM,
+                    &pos,
+                    &inv_freq,
+                );
+                rope::rope(
+                    &mut k,
+                    RowLayout::packed(KV_DIM),
+                    KV_HEADS,
+                    HEAD_DIM,
+                    &pos,
+                    &inv_freq,
+                );
             })
         });
         if let Some(d) = dev {
@@ -389,7 +404,7 @@ fn cuda_embedding<T: HostFloat>(
 /// `KvCache` is only filled by a forward pass, so the attention benches get real (RoPE'd)
 /// keys and values by running one. Llama layout (no q/k/v biases) and a 16-wide MLP: the
 /// benches read only the cache, so the rest of the block is kept small.
-fn attention_model() -> (tempfile::TempDir, Model) {
+fn attention_model() -> (tempfile::TempDir, CpuModel) {
     use safetensors::{tensor::TensorView, Dtype};
     let dir = tempfile::tempdir().expect("temporary folder");
     let (vocab, inter) = (512, 16);
@@ -454,7 +469,7 @@ fn attention_model() -> (tempfile::TempDir, Model) {
 }
 
 /// A cache holding `len` positions of a random prompt.
-fn filled_cache(model: &Model, len: usize) -> KvCache {
+fn filled_cache(model: &CpuModel, len: usize) -> KvCache {
     let ids = fixed_token_rows(1, len, model.config.vocab_size);
     let mut caches = [model.new_cache()];
     let req = Request::tokens(ids).logits(LogitsAt::None);
@@ -483,7 +498,16 @@ fn bench_attention(c: &mut Criterion) {
         g.throughput(Throughput::Elements(pairs as u64));
         let label = format!("{name}/{}x{}", tokens.len(), tokens.last().unwrap().pos + 1);
         g.bench_function(BenchmarkId::new("cpu", &label), |b| {
-            b.iter(|| attention::attention(black_box(&q), &tokens, &cache, 0, &shape))
+            b.iter(|| {
+                attention::attention(
+                    black_box(&q),
+                    RowLayout::packed(Q_DIM),
+                    &tokens,
+                    &cache,
+                    0,
+                    &shape,
+                )
+            })
         });
         if let Some(d) = dev {
             cuda_attention::<f32>(&mut g, d, &label, &q, &tokens, &cache[0]);

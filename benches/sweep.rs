@@ -16,7 +16,7 @@ use qwen_scope::data::{parse_lines, DEFAULT_PROMPTS};
 use qwen_scope::patchscope::next_token::{fit_tuned_lens, lens_rows, run_sources, NextToken};
 use qwen_scope::patchscope::TOKEN_IDENTITY_PROMPT;
 use qwen_scope::report::summary;
-use qwen_scope::Model;
+use qwen_scope::CpuModel;
 
 /// The sweep's default seed (it picks each prompt's source position).
 const SEED: u64 = 0;
@@ -24,7 +24,7 @@ const SEED: u64 = 0;
 const TRAIN: usize = 4;
 
 /// Registers the sweep over `samples` prompts of data/prompts.txt on `model`.
-fn sweep_on(c: &mut Criterion, name: &str, model: &Model, samples: usize) {
+fn sweep_on(c: &mut Criterion, name: &str, model: &CpuModel, samples: usize) {
     let prompts = parse_lines(DEFAULT_PROMPTS);
     let encoded: Vec<(usize, Vec<u32>)> = prompts[..TRAIN + samples]
         .iter()

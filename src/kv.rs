@@ -80,7 +80,12 @@ impl KvCache {
     }
 
     /// [`KvCache::segments`] into `out` (cleared first), reusing its allocation.
-    pub fn segments_into<'a>(&'a self, layer: usize, limit: usize, out: &mut Vec<Segment<'a>>) {
+    pub(crate) fn segments_into<'a>(
+        &'a self,
+        layer: usize,
+        limit: usize,
+        out: &mut Vec<Segment<'a>>,
+    ) {
         out.clear();
         self.collect_segments(layer, limit, out);
     }
@@ -98,5 +103,15 @@ impl KvCache {
                 v: &layer_kv.v[..own],
             });
         }
+    }
+}
+
+impl crate::plan::CacheShape for KvCache {
+    fn num_layers(&self) -> usize {
+        KvCache::num_layers(self)
+    }
+
+    fn len(&self, layer: usize) -> usize {
+        KvCache::len(self, layer)
     }
 }

@@ -5,7 +5,7 @@ mod cli;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use qwen_scope::backend::cuda::{CudaModel, DType, Device};
-use qwen_scope::Model;
+use qwen_scope::CpuModel;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// Model folder, or Hugging Face repo id (e.g. Qwen/Qwen2-0.5B).
+    /// CpuModel folder, or Hugging Face repo id (e.g. Qwen/Qwen2-0.5B).
     #[arg(long)]
     model: String,
     /// Hub revision (branch, tag or commit) when --model is a repo id.
@@ -73,7 +73,7 @@ enum DTypeSpec {
 }
 
 impl DTypeSpec {
-    fn resolve(self, model: &Model, dev: &Device) -> DType {
+    fn resolve(self, model: &CpuModel, dev: &Device) -> DType {
         match self {
             DTypeSpec::F32 => DType::F32,
             DTypeSpec::F16 => DType::F16,
@@ -92,7 +92,7 @@ impl DTypeSpec {
 
 /// A model on the backend the user chose.
 enum Loaded {
-    Cpu(Model),
+    Cpu(CpuModel),
     Cuda(CudaModel),
 }
 
@@ -151,9 +151,9 @@ impl ModelArgs {
         })
     }
 
-    fn load_host(&self) -> Result<Model> {
+    fn load_host(&self) -> Result<CpuModel> {
         let t = Instant::now();
-        let model = Model::load(&self.model, self.revision.as_deref())
+        let model = CpuModel::load(&self.model, self.revision.as_deref())
             .with_context(|| format!("cannot load model {}", self.model))?;
         let c = &model.config;
         eprintln!(

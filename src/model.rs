@@ -1,155 +1,351 @@
-//! A loaded model: config, tokenizer and weights in f32, laid out for the CPU backend
-//! (q/k/v fused into one projection, gate/up fused into another).
+//! The Qwen2/Llama model, defined once for every backend: the decoder block's recipe and
+//! the pass around it (where a pass starts, the segments of rows that join it late, the
+//! stream's reads and writes, the final-norm rule and the head). A backend supplies its
+//! buffers and ops through [`Ops`]; `backend::cpu::model` and `backend::cuda::model`
+//! implement it.
+//!
+//! Rows are packed (no padding): every new token knows its row and absolute position, so
+//! rows of different lengths cost only their own tokens. Writes at a site are applied
+//! before reads at the same site, so a read sees what the next block will see.
 
-use crate::backend::cpu::head_argmax::HeadScreen;
-use crate::backend::cpu::matmul::Linear;
-use crate::config::{Arch, Config};
+use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::hub::{self, ModelFiles};
-use crate::tokenizer::Tokenizer;
-use crate::weights::WeightFiles;
+use crate::plan::{CacheShape, Init, Plan, StreamOps};
+use crate::request::{HiddenRow, Input, Logits, LogitsAt, Output, Request};
+use crate::stream::{Site, State, WriteOp};
 
-pub struct Block {
-    pub input_norm: Vec<f32>,
-    /// Rows: q (num_heads*head_dim), then k, then v (num_kv_heads*head_dim each).
-    pub qkv: Linear,
-    pub o_proj: Linear,
-    pub post_attention_norm: Vec<f32>,
-    /// Rows: gate (intermediate), then up (intermediate).
-    pub gate_up: Linear,
-    pub down: Linear,
+/// The two norms of a block.
+#[derive(Clone, Copy)]
+pub(crate) enum Norm {
+    Input,
+    PostAttention,
 }
 
-pub struct Model {
-    pub config: Config,
-    pub tokenizer: Tokenizer,
-    /// [vocab, hidden]
-    pub embed: Vec<f32>,
-    pub blocks: Vec<Block>,
-    pub final_norm: Vec<f32>,
-    /// Untied LM head [vocab, hidden]; `None` when tied to `embed`.
-    pub lm_head: Option<Vec<f32>>,
-    /// RoPE inverse frequencies [head_dim / 2].
-    pub(crate) inv_freq: Vec<f32>,
-    /// The LM head's bf16 screen (`None` where the CPU has no AMX).
-    head_screen: Option<HeadScreen>,
+/// The four matrices of a block.
+#[derive(Clone, Copy)]
+pub(crate) enum Proj {
+    /// [q_dim + 2 kv_dim, hidden], with the bias where the model has one.
+    Qkv,
+    /// [hidden, q_dim]
+    O,
+    /// [2 intermediate, hidden]: gate rows, then up rows.
+    GateUp,
+    /// [hidden, intermediate]
+    Down,
 }
 
-impl Model {
-    /// Loads a model folder or a Hugging Face repo id (optionally at `revision`).
-    pub fn load(spec: &str, revision: Option<&str>) -> Result<Model> {
-        Self::from_files(&hub::resolve(spec, revision)?)
-    }
+/// What a backend does for the pass. Buffers are the backend's own; `n` is the number of
+/// tokens (from the first) that a step covers, since rows that join late sit at the end.
+pub(crate) trait Ops {
+    type Cache: CacheShape;
+    /// The residual stream, f32 [tokens, hidden].
+    type Stream;
+    /// A GEMM input, in the weights' dtype.
+    type Act;
+    /// A GEMM output or attention result, f32.
+    type Wide;
+    /// The tokens of one segment as attention and RoPE need them, built once per segment.
+    type Batch;
 
-    pub fn from_files(files: &ModelFiles) -> Result<Model> {
-        let config = Config::from_file(&files.config)?;
-        let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
-        let weights = WeightFiles::open(&files.weights)?;
-        let c = &config;
-        let h = c.hidden_size;
-        let embed = weights.f32("model.embed_tokens.weight", &[c.vocab_size, h])?;
-        let blocks = (0..c.num_layers)
-            .map(|l| load_block(&weights, c, l))
-            .collect::<Result<_>>()?;
-        let final_norm = weights.f32("model.norm.weight", &[h])?;
-        let lm_head = if c.tie_word_embeddings {
-            None
-        } else if weights.contains("lm_head.weight") {
-            Some(weights.f32("lm_head.weight", &[c.vocab_size, h])?)
-        } else {
-            return Err(Error::Tensor {
-                name: "lm_head.weight".into(),
-                msg: "missing, and the config does not tie word embeddings".into(),
-            });
-        };
-        let inv_freq = crate::backend::cpu::rope::inv_freq(c.head_dim, c.rope_theta);
-        let head = lm_head.as_deref().unwrap_or(&embed);
-        let head_screen = HeadScreen::new(head, c.vocab_size, h);
-        Ok(Model {
-            inv_freq,
-            config,
-            tokenizer,
-            embed,
-            blocks,
-            final_norm,
-            lm_head,
-            head_screen,
+    fn config(&self) -> &Config;
+    /// Checks the caches belong to this backend's model (beyond what the plan checks).
+    fn check_caches(&self, caches: &[Self::Cache]) -> Result<()>;
+    fn embed(&self, ids: &[u32]) -> Result<Self::Stream>;
+    fn stream_from(&self, states: Vec<f32>) -> Result<Self::Stream>;
+    fn act(&self, len: usize) -> Result<Self::Act>;
+    fn wide(&self, len: usize) -> Result<Self::Wide>;
+    fn batch(&self, plan: &Plan) -> Result<Self::Batch>;
+
+    /// `out = rmsnorm(h[..n]) * w` with the block's `norm` weights.
+    fn rmsnorm(
+        &self,
+        h: &Self::Stream,
+        n: usize,
+        layer: usize,
+        norm: Norm,
+        out: &mut Self::Act,
+    ) -> Result<()>;
+    /// `out = x · w^T (+ b)` with the block's `proj`.
+    fn linear(&self, x: &Self::Act, layer: usize, proj: Proj, out: &mut Self::Wide) -> Result<()>;
+    /// Rotates the q and k parts of the fused `qkv` in place.
+    fn rope(&self, qkv: &mut Self::Wide, batch: &Self::Batch) -> Result<()>;
+    /// Appends the k and v parts of `qkv` to each row's cache in block `layer`, then
+    /// attends each new token to its row up to its own position: `out` [n, q_dim].
+    fn attention(
+        &self,
+        qkv: &Self::Wide,
+        batch: &Self::Batch,
+        plan: &Plan,
+        caches: &mut [Self::Cache],
+        layer: usize,
+        out: &mut Self::Wide,
+    ) -> Result<()>;
+    /// `x` as a GEMM input: `x` itself where the weights are f32, else cast into `tmp`.
+    fn gemm_input<'a>(
+        &self,
+        x: &'a Self::Wide,
+        tmp: &'a mut Option<Self::Act>,
+    ) -> Result<&'a Self::Act>;
+    /// `h[..n] += delta`
+    fn add(&self, h: &mut Self::Stream, n: usize, delta: &Self::Wide) -> Result<()>;
+    /// `out = silu(gate) * up` from the fused gate/up product.
+    fn swiglu(&self, gate_up: &Self::Wide, out: &mut Self::Act) -> Result<()>;
+    /// The final norm of `h[..n]`, in place.
+    fn final_norm(&self, h: &mut Self::Stream, n: usize) -> Result<()>;
+    /// Replaces (or adds to) stream rows, in order.
+    fn write_rows(&self, h: &mut Self::Stream, writes: &[(usize, &WriteOp)]) -> Result<()>;
+    /// Stream rows `rows`, to the host: [rows, hidden].
+    fn read_rows(&self, h: &Self::Stream, rows: &[usize]) -> Result<Vec<f32>>;
+    /// The LM head's logits of stream rows `rows`, to the host: [rows, vocab].
+    fn logits(&self, h: &Self::Stream, rows: &[usize]) -> Result<Vec<f32>>;
+    /// The argmax of the LM head's logits of stream rows `rows`.
+    fn head_argmax(&self, h: &Self::Stream, rows: &[usize]) -> Result<Vec<u32>>;
+}
+
+/// One decoder block over the segment's `plan.tokens`, appending their keys and values to
+/// the caches: pre-norm attention, then a pre-norm SwiGLU MLP, each added to the stream.
+fn block<B: Ops>(
+    b: &B,
+    layer: usize,
+    h: &mut B::Stream,
+    seg: &mut Segment<B>,
+    caches: &mut [B::Cache],
+) -> Result<()> {
+    let n = seg.plan.tokens.len();
+    b.rmsnorm(h, n, layer, Norm::Input, &mut seg.x)?;
+    b.linear(&seg.x, layer, Proj::Qkv, &mut seg.qkv)?;
+    b.rope(&mut seg.qkv, &seg.batch)?;
+    b.attention(
+        &seg.qkv,
+        &seg.batch,
+        &seg.plan,
+        caches,
+        layer,
+        &mut seg.attn,
+    )?;
+    let attn = b.gemm_input(&seg.attn, &mut seg.attn_in)?;
+    b.linear(attn, layer, Proj::O, &mut seg.o)?;
+    b.add(h, n, &seg.o)?;
+
+    b.rmsnorm(h, n, layer, Norm::PostAttention, &mut seg.x)?;
+    b.linear(&seg.x, layer, Proj::GateUp, &mut seg.gate_up)?;
+    b.swiglu(&seg.gate_up, &mut seg.act)?;
+    b.linear(&seg.act, layer, Proj::Down, &mut seg.o)?;
+    b.add(h, n, &seg.o)
+}
+
+/// The rows that run a run of blocks, and the block buffers sized for their tokens.
+struct Segment<B: Ops> {
+    plan: Plan,
+    batch: B::Batch,
+    /// Normed stream [n, hidden], a GEMM input.
+    x: B::Act,
+    /// [n, q_dim + 2 kv_dim]
+    qkv: B::Wide,
+    /// [n, q_dim]
+    attn: B::Wide,
+    attn_in: Option<B::Act>,
+    /// [n, hidden]
+    o: B::Wide,
+    /// [n, 2 intermediate]
+    gate_up: B::Wide,
+    /// [n, intermediate]
+    act: B::Act,
+}
+
+impl<B: Ops> Segment<B> {
+    fn new(b: &B, plan: Plan) -> Result<Self> {
+        let c = b.config();
+        let n = plan.tokens.len();
+        Ok(Segment {
+            batch: b.batch(&plan)?,
+            x: b.act(n * c.hidden_size)?,
+            qkv: b.wide(n * (c.q_dim() + 2 * c.kv_dim()))?,
+            attn: b.wide(n * c.q_dim())?,
+            attn_in: None,
+            o: b.wide(n * c.hidden_size)?,
+            gate_up: b.wide(n * 2 * c.intermediate_size)?,
+            act: b.act(n * c.intermediate_size)?,
+            plan,
         })
     }
-
-    /// The LM head matrix [vocab, hidden] (the embedding table when tied).
-    pub fn lm_head(&self) -> &[f32] {
-        self.lm_head.as_deref().unwrap_or(&self.embed)
-    }
-
-    /// The LM head's argmax for each final-normed state of `xs` ([rows, hidden]): the
-    /// token `argmax` picks from the exact f32 logits, through the AMX screen where the CPU
-    /// has one (see `backend::cpu::head_argmax`), else from the logits themselves.
-    pub fn head_argmax(&self, xs: &[f32]) -> Vec<u32> {
-        let (vocab, hidden) = (self.config.vocab_size, self.config.hidden_size);
-        if let Some(screen) = &self.head_screen {
-            return screen.argmax(self.lm_head(), xs);
-        }
-        let rows = xs.len() / hidden;
-        let mut logits = vec![0.0; rows * vocab];
-        crate::backend::cpu::matmul::matmul_bt(
-            xs,
-            rows,
-            hidden,
-            self.lm_head(),
-            vocab,
-            &mut logits,
-        );
-        logits
-            .chunks_exact(vocab)
-            .map(|l| crate::backend::cpu::logits::argmax(l) as u32)
-            .collect()
-    }
-
-    pub fn num_layers(&self) -> usize {
-        self.config.num_layers
-    }
-
-    /// An empty KV cache for one sequence of this model.
-    pub fn new_cache(&self) -> crate::kv::KvCache {
-        crate::kv::KvCache::new(&self.config)
-    }
 }
 
-fn load_block(w: &WeightFiles, c: &Config, l: usize) -> Result<Block> {
-    let (h, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-    let p = format!("model.layers.{l}");
-    let attn = |n: &str, shape: &[usize]| w.f32(&format!("{p}.self_attn.{n}"), shape);
-    let mut qkv_w = attn("q_proj.weight", &[q, h])?;
-    qkv_w.extend(attn("k_proj.weight", &[kv, h])?);
-    qkv_w.extend(attn("v_proj.weight", &[kv, h])?);
-    let qkv_b = if c.qkv_bias {
-        let mut b = attn("q_proj.bias", &[q])?;
-        b.extend(attn("k_proj.bias", &[kv])?);
-        b.extend(attn("v_proj.bias", &[kv])?);
-        Some(b)
-    } else {
-        if c.arch == Arch::Llama && w.contains(&format!("{p}.self_attn.q_proj.bias")) {
-            return Err(Error::Tensor {
-                name: format!("{p}.self_attn.q_proj.bias"),
-                msg: "present, but the config says attention_bias = false".into(),
-            });
+/// What the pass ends with.
+#[derive(Clone, Copy, PartialEq)]
+enum Head {
+    /// The logits the request asks for.
+    Logits,
+    /// Only the argmax at each row's last position (greedy steps, lens predictions).
+    Argmax,
+}
+
+/// A pass's results.
+struct Ran {
+    out: Output,
+    argmax: Vec<u32>,
+}
+
+/// Runs one pass over `caches.len()` rows (row r continues `caches[r]`).
+pub(crate) fn forward<B: Ops>(b: &B, caches: &mut [B::Cache], req: &Request) -> Result<Output> {
+    Ok(run(b, caches, req, Head::Logits)?.out)
+}
+
+/// Runs `first`, then feeds each row's argmax back until `max_new` tokens per row exist.
+/// Returns the new tokens per row. The first pass may carry writes (or start from patched
+/// states): its keys and values, patch included, stay in the caches every later token
+/// attends to.
+pub(crate) fn greedy<B: Ops>(
+    b: &B,
+    caches: &mut [B::Cache],
+    first: Request,
+    max_new: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let rows = caches.len();
+    let mut generated = vec![Vec::with_capacity(max_new); rows];
+    let mut req = first;
+    while generated.first().is_some_and(|g| g.len() < max_new) {
+        let next = run(b, caches, &req, Head::Argmax)?.argmax;
+        for (g, &t) in generated.iter_mut().zip(&next) {
+            g.push(t);
         }
-        None
+        req = Request::tokens(next.iter().map(|&t| vec![t]).collect());
+    }
+    Ok(generated)
+}
+
+/// The LM head's argmax for each final-normed state: what `argmax` of its logits gives.
+pub(crate) fn head_argmax<B: Ops>(
+    b: &B,
+    final_normed: Vec<Vec<f32>>,
+    new_cache: impl Fn() -> B::Cache,
+) -> Result<Vec<u32>> {
+    let hidden = b.config().hidden_size;
+    if let Some(bad) = final_normed.iter().find(|s| s.len() != hidden) {
+        return Err(Error::input(format!(
+            "a state of {} values for hidden size {hidden}",
+            bad.len()
+        )));
+    }
+    let mut caches: Vec<_> = final_normed.iter().map(|_| new_cache()).collect();
+    let rows = final_normed
+        .into_iter()
+        .map(|states| HiddenRow {
+            start_pos: 0,
+            states,
+        })
+        .collect();
+    let req = Request::new(Input::Hidden {
+        site: Site::FinalNorm,
+        rows,
+    });
+    Ok(run(b, &mut caches, &req, Head::Argmax)?.argmax)
+}
+
+fn run<B: Ops>(b: &B, caches: &mut [B::Cache], req: &Request, head: Head) -> Result<Ran> {
+    let c = b.config();
+    let num_layers = c.num_layers;
+    b.check_caches(caches)?;
+    let (start, plan, init) = Plan::new(c, caches, &req.input)?;
+    let ops = plan.stream_ops(c, req, start)?;
+    // every check before the first block, so a refused request leaves the caches as
+    // they were
+    let head_rows = match head {
+        Head::Logits => plan.logit_rows(&req.logits)?,
+        Head::Argmax => plan.logit_rows(&LogitsAt::Last)?,
     };
-    let mut gate_up = w.f32(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?;
-    gate_up.extend(w.f32(&format!("{p}.mlp.up_proj.weight"), &[i, h])?);
-    Ok(Block {
-        input_norm: w.f32(&format!("{p}.input_layernorm.weight"), &[h])?,
-        qkv: Linear::new(qkv_w, qkv_b, q + 2 * kv, h),
-        o_proj: Linear::new(attn("o_proj.weight", &[h, q])?, None, h, q),
-        post_attention_norm: w.f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-        gate_up: Linear::new(gate_up, None, 2 * i, h),
-        down: Linear::new(
-            w.f32(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
-            None,
-            h,
-            i,
-        ),
-    })
+    let mut h = match init {
+        Init::Ids(ids) => b.embed(&ids)?,
+        Init::States(states) => b.stream_from(states)?,
+    };
+    let mut out = Output::default();
+
+    apply_site(b, start, &mut h, &plan, &ops, &mut out.states)?;
+    for (blocks, active) in plan.segments(start, num_layers) {
+        let rows = active.rows.len();
+        let mut seg = Segment::new(b, active)?;
+        for layer in blocks {
+            block(b, layer, &mut h, &mut seg, &mut caches[..rows])?;
+            apply_site(
+                b,
+                Site::BlockOut(layer),
+                &mut h,
+                &plan,
+                &ops,
+                &mut out.states,
+            )?;
+        }
+    }
+    let needs_norm = !head_rows.is_empty()
+        || ops.reads.iter().any(|r| r.0 == Site::FinalNorm)
+        || ops.writes.iter().any(|w| w.0 == Site::FinalNorm);
+    if start != Site::FinalNorm && needs_norm {
+        // rows that join at the final norm come normed already
+        let normed = plan
+            .joined(Site::BlockOut(num_layers - 1), num_layers)
+            .tokens
+            .len();
+        b.final_norm(&mut h, normed)?;
+        apply_site(b, Site::FinalNorm, &mut h, &plan, &ops, &mut out.states)?;
+    }
+    let mut argmax = Vec::new();
+    if !head_rows.is_empty() {
+        match head {
+            Head::Argmax => argmax = b.head_argmax(&h, &head_rows)?,
+            Head::Logits => {
+                let vocab = c.vocab_size;
+                let values = b.logits(&h, &head_rows)?;
+                out.logits = head_rows
+                    .iter()
+                    .zip(values.chunks_exact(vocab))
+                    .map(|(&t, v)| Logits {
+                        row: plan.tokens[t].row,
+                        pos: plan.tokens[t].pos,
+                        values: v.to_vec(),
+                    })
+                    .collect();
+            }
+        }
+    }
+    Ok(Ran { out, argmax })
+}
+
+/// Applies the writes, then the reads, of `site`.
+fn apply_site<B: Ops>(
+    b: &B,
+    site: Site,
+    h: &mut B::Stream,
+    plan: &Plan,
+    ops: &StreamOps,
+    states: &mut Vec<State>,
+) -> Result<()> {
+    let writes: Vec<(usize, &WriteOp)> = ops
+        .writes
+        .iter()
+        .filter(|w| w.0 == site)
+        .map(|&(_, t, op)| (t, op))
+        .collect();
+    if !writes.is_empty() {
+        b.write_rows(h, &writes)?;
+    }
+    let reads: Vec<usize> = ops
+        .reads
+        .iter()
+        .filter(|r| r.0 == site)
+        .map(|r| r.1)
+        .collect();
+    if reads.is_empty() {
+        return Ok(());
+    }
+    let d = b.config().hidden_size;
+    let values = b.read_rows(h, &reads)?;
+    for (&t, v) in reads.iter().zip(values.chunks_exact(d)) {
+        states.push(State {
+            site,
+            row: plan.tokens[t].row,
+            pos: plan.tokens[t].pos,
+            values: v.to_vec(),
+        });
+    }
+    Ok(())
 }

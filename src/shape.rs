@@ -1,5 +1,6 @@
 //! Shared vocabulary of a pass, for the plan, the caches and every backend: where a new
-//! token goes (its row and position) and the attention head layout.
+//! token goes (its row and position), the attention head layout, and where rows sit in a
+//! fused buffer.
 
 /// The attention head layout of a model.
 pub struct AttnShape {
@@ -13,4 +14,23 @@ pub struct AttnShape {
 pub struct TokenAt {
     pub row: usize,
     pub pos: usize,
+}
+
+/// Rows of `width` values starting `offset` values into rows of `stride` values, e.g. the
+/// keys inside a fused [tokens, q_dim + 2 kv_dim] QKV buffer: stride = q_dim + 2 kv_dim,
+/// offset = q_dim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowLayout {
+    pub stride: usize,
+    pub offset: usize,
+}
+
+impl RowLayout {
+    /// Contiguous rows of `width` values.
+    pub fn packed(width: usize) -> Self {
+        RowLayout {
+            stride: width,
+            offset: 0,
+        }
+    }
 }

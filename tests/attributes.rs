@@ -8,9 +8,9 @@ mod common;
 
 use qwen_scope::patchscope::attributes::Attributes;
 use qwen_scope::patchscope::relations::load_relation;
-use qwen_scope::Model;
+use qwen_scope::CpuModel;
 
-fn compare_with_transformers(model: &Model, reference: &str) {
+fn compare_with_transformers(model: &CpuModel, reference: &str) {
     let r: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(common::fixture("attributes").join(reference)).unwrap(),
     )
@@ -95,7 +95,7 @@ fn compare_with_transformers(model: &Model, reference: &str) {
 
 #[test]
 fn attributes_equal_the_transformers_reference_on_the_fixture() {
-    let model = Model::load(common::fixture("tiny-qwen2").to_str().unwrap(), None).unwrap();
+    let model = CpuModel::load(common::fixture("tiny-qwen2").to_str().unwrap(), None).unwrap();
     compare_with_transformers(&model, "tiny-qwen2.json");
 }
 
@@ -104,6 +104,6 @@ fn attributes_equal_the_transformers_reference_on_qwen() {
     let Some(dir) = common::real_model_dir("qwen2.5-coder-0.5b") else {
         return;
     };
-    let model = Model::load(dir.to_str().unwrap(), None).unwrap();
+    let model = CpuModel::load(dir.to_str().unwrap(), None).unwrap();
     compare_with_transformers(&model, "qwen2.5-coder-0.5b.json");
 }

@@ -20,7 +20,8 @@ use qwen_scope::backend::cuda::kernels::{
 };
 use qwen_scope::backend::cuda::{self, gemm, CudaFloat, Device};
 use qwen_scope::shape::{AttnShape, TokenAt};
-use qwen_scope::{KvCache, LogitsAt, Model, Request};
+use qwen_scope::Engine;
+use qwen_scope::{CpuModel, KvCache, LogitsAt, Request};
 use std::sync::Arc;
 
 // ---- harness ---------------------------------------------------------------------------
@@ -267,8 +268,22 @@ fn rope_matches_cpu_inside_a_fused_qkv_buffer() {
             .chunks(width)
             .flat_map(|r| r[q_dim..q_dim + kv_dim].to_vec())
             .collect();
-        cpu_rope::rope(&mut q, &positions, heads, hd, &inv_freq);
-        cpu_rope::rope(&mut kk, &positions, kv_heads, hd, &inv_freq);
+        cpu_rope::rope(
+            &mut q,
+            RowLayout::packed(heads * hd),
+            heads,
+            hd,
+            &positions,
+            &inv_freq,
+        );
+        cpu_rope::rope(
+            &mut kk,
+            RowLayout::packed(kv_heads * hd),
+            kv_heads,
+            hd,
+            &positions,
+            &inv_freq,
+        );
         let mut want = qkv.clone();
         for t in 0..n {
             want[t * width..t * width + q_dim].copy_from_slice(&q[t * q_dim..(t + 1) * q_dim]);
@@ -633,7 +648,7 @@ fn gemm_matches_cpu() {
 
 struct AttnModel {
     _dir: tempfile::TempDir,
-    model: Model,
+    model: CpuModel,
     shape: AttnShape,
 }
 
@@ -727,7 +742,7 @@ fn random_model(heads: usize, kv_heads: usize, hd: usize, hidden: usize, seed: u
         })
         .collect();
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
-    let model = Model::load(dir.path().to_str().unwrap(), None).unwrap();
+    let model = CpuModel::load(dir.path().to_str().unwrap(), None).unwrap();
     AttnModel {
         _dir: dir,
         model,
@@ -971,7 +986,14 @@ fn run_scenario<T: Host>(
 
     // Expected: the CPU twin on the CPU caches; for half caches the reference on the
     // rounded keys and values (and the twin with a tolerance for the rounding).
-    let twin = cpu_att::attention(&q, &sc.tokens, &sc.caches, 0, s);
+    let twin = cpu_att::attention(
+        &q,
+        RowLayout::packed(s.num_heads * s.head_dim),
+        &sc.tokens,
+        &sc.caches,
+        0,
+        s,
+    );
     let rounded_kv: Vec<(Vec<f32>, Vec<f32>)> = full
         .iter()
         .map(|(kc, vc)| (rounded::<T>(kc), rounded::<T>(vc)))
@@ -1094,7 +1116,14 @@ fn attention_test_reference_matches_cpu_twin() {
             forked(&m, &mut rng, 40, &[(40, 1), (13, 2), (0, 1)]),
         ] {
             let q = rng.vec(sc.tokens.len() * h * hd, -3.0, 3.0);
-            let twin = cpu_att::attention(&q, &sc.tokens, &sc.caches, 0, &m.shape);
+            let twin = cpu_att::attention(
+                &q,
+                RowLayout::packed(h * hd),
+                &sc.tokens,
+                &sc.caches,
+                0,
+                &m.shape,
+            );
             let full: Vec<_> = sc.caches.iter().map(cached_kv).collect();
             for (r, c) in sc.caches.iter().enumerate() {
                 assert_eq!(full[r].0.len(), c.len(0) * kvh * hd);

@@ -1,5 +1,5 @@
 //! The whole-model CUDA forward pass (`backend::cuda::CudaModel`) against the CPU pass
-//! (`Model::forward`, the reference) on the fixture models tiny-qwen2, tiny-qwen2-untied
+//! (`CpuModel::forward`, the reference) on the fixture models tiny-qwen2, tiny-qwen2-untied
 //! and tiny-llama.
 //!
 //! Tolerances:
@@ -25,8 +25,9 @@ mod common;
 
 use qwen_scope::backend::cpu::logits::argmax;
 use qwen_scope::backend::cuda::{CudaKvCache, CudaModel, DType, Device};
+use qwen_scope::Engine;
 use qwen_scope::{
-    HiddenRow, Input, KvCache, LogitsAt, Model, Output, Positions, Request, Site, WriteOp,
+    CpuModel, HiddenRow, Input, KvCache, LogitsAt, Output, Positions, Request, Site, WriteOp,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -51,8 +52,8 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn load(name: &str) -> Model {
-    Model::load(fixture(name).to_str().unwrap(), None).expect("fixture model loads")
+fn load(name: &str) -> CpuModel {
+    CpuModel::load(fixture(name).to_str().unwrap(), None).expect("fixture model loads")
 }
 
 /// bf16 weights need sm_80+; below that the bf16 mode is refused (tested in
@@ -68,7 +69,7 @@ fn bf16_ok(dev: &Device, dtype: DType) -> bool {
     ok
 }
 
-fn gpu(host: &Model, dev: &Arc<Device>, dtype: DType) -> CudaModel {
+fn gpu(host: &CpuModel, dev: &Arc<Device>, dtype: DType) -> CudaModel {
     CudaModel::new(host, dev.clone(), dtype).expect("weights upload")
 }
 
@@ -154,7 +155,7 @@ fn assert_caches(what: &str, got: &[CudaKvCache], want: &[KvCache], tol: f32) {
 /// that the outputs and the caches agree in f32.
 fn assert_same_pass(
     what: &str,
-    host: &Model,
+    host: &CpuModel,
     m: &CudaModel,
     cc: &mut [KvCache],
     gc: &mut [CudaKvCache],
@@ -877,7 +878,7 @@ fn qwen2_05b_parity() {
     let dev = common::gpu().clone();
     let t0 = Instant::now();
     let refs = read_safetensors(&ref_path);
-    let host = Model::load(&model_dir, None).expect("model loads");
+    let host = CpuModel::load(&model_dir, None).expect("model loads");
     let (l, vocab) = (host.config.num_layers, host.config.vocab_size);
     say(&format!(
         "{test}: {} on {} (sm_{}{}), host load {:.1} s",

@@ -2,7 +2,8 @@
 
 mod common;
 
-use qwen_scope::{LogitsAt, Model, Positions, Request, Site, WriteOp};
+use qwen_scope::Engine;
+use qwen_scope::{CpuModel, LogitsAt, Positions, Request, Site, WriteOp};
 use std::path::Path;
 
 /// A copy of a fixture model folder that a test may damage.
@@ -16,7 +17,7 @@ fn copy_fixture(name: &str) -> tempfile::TempDir {
 }
 
 fn load_err(dir: &Path) -> String {
-    match Model::load(dir.to_str().unwrap(), None) {
+    match CpuModel::load(dir.to_str().unwrap(), None) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
         Err(e) => e.to_string(),
     }
@@ -29,11 +30,11 @@ fn edit_config(dir: &Path, from: &str, to: &str) {
     std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
 }
 
-fn tiny() -> Model {
-    Model::load(common::fixture("tiny-qwen2").to_str().unwrap(), None).unwrap()
+fn tiny() -> CpuModel {
+    CpuModel::load(common::fixture("tiny-qwen2").to_str().unwrap(), None).unwrap()
 }
 
-fn forward_err(model: &Model, rows: usize, req: Request) -> String {
+fn forward_err(model: &CpuModel, rows: usize, req: Request) -> String {
     let mut caches: Vec<_> = (0..rows).map(|_| model.new_cache()).collect();
     model
         .forward(&mut caches, &req)
@@ -288,7 +289,7 @@ fn cli_forward_dump_matches_the_library() {
 #[test]
 fn generate_stops_at_the_context_limit_and_keeps_its_tokens() {
     let tiny = common::fixture("tiny-qwen2");
-    let model = qwen_scope::Model::load(tiny.to_str().unwrap(), None).unwrap();
+    let model = qwen_scope::CpuModel::load(tiny.to_str().unwrap(), None).unwrap();
     let limit = model.config.max_position_embeddings;
     // a prompt 8 positions short of the limit: room for 9 new tokens (the last is not fed)
     let mut prompt = String::new();

@@ -3,15 +3,16 @@
 
 mod common;
 
-use qwen_scope::{HiddenRow, Input, KvCache, LogitsAt, Model, Positions, Request, Site};
+use qwen_scope::Engine;
+use qwen_scope::{CpuModel, HiddenRow, Input, KvCache, LogitsAt, Positions, Request, Site};
 use std::sync::Arc;
 
-fn load() -> Model {
-    Model::load(common::fixture("tiny-qwen2").to_str().unwrap(), None).unwrap()
+fn load() -> CpuModel {
+    CpuModel::load(common::fixture("tiny-qwen2").to_str().unwrap(), None).unwrap()
 }
 
 /// A prompt's cache and the states at every site of its last position.
-fn prompt(model: &Model) -> (Arc<KvCache>, Vec<u32>) {
+fn prompt(model: &CpuModel) -> (Arc<KvCache>, Vec<u32>) {
     let ids = model.tokenizer.encode("The quick brown fox jumps").unwrap();
     let mut cache = model.new_cache();
     model

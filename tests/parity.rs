@@ -6,17 +6,21 @@
 mod common;
 
 use common::{assert_close, Reference, TINY_MODELS};
-use qwen_scope::{HiddenRow, Input, KvCache, LogitsAt, Model, Positions, Request, Site, WriteOp};
+use qwen_scope::Engine;
+use qwen_scope::{
+    CpuModel, HiddenRow, Input, KvCache, LogitsAt, Positions, Request, Site, WriteOp,
+};
 use std::sync::Arc;
 
 const TOL: f32 = 1e-4;
 
-fn load(name: &str) -> (Model, Reference) {
-    let model = Model::load(common::fixture(name).to_str().unwrap(), None).expect("fixture loads");
+fn load(name: &str) -> (CpuModel, Reference) {
+    let model =
+        CpuModel::load(common::fixture(name).to_str().unwrap(), None).expect("fixture loads");
     (model, Reference::load(name))
 }
 
-fn all_sites(model: &Model) -> Vec<Site> {
+fn all_sites(model: &CpuModel) -> Vec<Site> {
     std::iter::once(Site::Embed)
         .chain((0..model.num_layers()).map(Site::BlockOut))
         .chain(std::iter::once(Site::FinalNorm))
@@ -28,7 +32,7 @@ fn ref_name(prefix: &str, site: Site) -> String {
     format!("{prefix}.{site}")
 }
 
-fn read_everything(mut req: Request, rows: usize, model: &Model) -> Request {
+fn read_everything(mut req: Request, rows: usize, model: &CpuModel) -> Request {
     for r in 0..rows {
         for s in all_sites(model) {
             req = req.read(s, r, Positions::All);

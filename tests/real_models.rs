@@ -8,14 +8,15 @@ mod common;
 
 use common::{max_abs_diff, Reference};
 use qwen_scope::backend::cpu::logits::{argmax, log_softmax};
-use qwen_scope::{LogitsAt, Model, Positions, Request, Site};
+use qwen_scope::Engine;
+use qwen_scope::{CpuModel, LogitsAt, Positions, Request, Site};
 
 const QWEN: &str = "qwen2.5-coder-0.5b";
 const SMOLLM2: &str = "smollm2-135m";
 
-fn load(name: &str) -> Option<Model> {
+fn load(name: &str) -> Option<CpuModel> {
     let dir = common::real_model_dir(name)?;
-    Some(Model::load(dir.to_str().unwrap(), None).expect("converted model loads"))
+    Some(CpuModel::load(dir.to_str().unwrap(), None).expect("converted model loads"))
 }
 
 /// Fixture folder of each model.

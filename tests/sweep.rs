@@ -8,7 +8,8 @@ use qwen_scope::patchscope::next_token::{
     fit_tuned_lens, lens_rows, run_sources, NextToken, SampleResult,
 };
 use qwen_scope::patchscope::TOKEN_IDENTITY_PROMPT;
-use qwen_scope::Model;
+use qwen_scope::CpuModel;
+use qwen_scope::Engine;
 
 const PROMPTS: [&str; 8] = [
     "The old lighthouse keeper counted the ships every night.",
@@ -21,8 +22,8 @@ const PROMPTS: [&str; 8] = [
     "A prime number has exactly two divisors.",
 ];
 
-fn load(name: &str) -> Model {
-    Model::load(common::fixture(name).to_str().unwrap(), None).unwrap()
+fn load(name: &str) -> CpuModel {
+    CpuModel::load(common::fixture(name).to_str().unwrap(), None).unwrap()
 }
 
 fn assert_same(fast: &[SampleResult], reference: &[SampleResult]) {
@@ -95,7 +96,7 @@ fn fast_path_equals_reference_path() {
 
 /// Our sweep on the protocol of tools/reference_sweep.py (one seeded position per
 /// training prompt for the tuned lens), compared with its committed output.
-fn compare_with_transformers(model: &Model, reference: &str) {
+fn compare_with_transformers(model: &CpuModel, reference: &str) {
     let r: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(common::fixture("sweep").join(reference)).unwrap(),
     )
@@ -183,7 +184,7 @@ fn metrics_equal_the_transformers_reference_on_smollm2() {
     let Some(dir) = common::real_model_dir("smollm2-135m") else {
         return;
     };
-    let model = Model::load(dir.to_str().unwrap(), None).unwrap();
+    let model = CpuModel::load(dir.to_str().unwrap(), None).unwrap();
     compare_with_transformers(&model, "smollm2.json");
 }
 
@@ -192,7 +193,7 @@ fn metrics_equal_the_transformers_reference_on_qwen() {
     let Some(dir) = common::real_model_dir("qwen2.5-coder-0.5b") else {
         return;
     };
-    let model = Model::load(dir.to_str().unwrap(), None).unwrap();
+    let model = CpuModel::load(dir.to_str().unwrap(), None).unwrap();
     compare_with_transformers(&model, "qwen2.5-coder-0.5b.json");
 }
 

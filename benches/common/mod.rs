@@ -6,7 +6,7 @@
 
 use criterion::Criterion;
 use qwen_scope::backend::cuda::{self, Device};
-use qwen_scope::Model;
+use qwen_scope::CpuModel;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,14 +67,14 @@ pub fn smollm2() -> Option<PathBuf> {
     complete.then_some(dir)
 }
 
-pub fn load(dir: &Path) -> Model {
-    Model::load(&dir.to_string_lossy(), None)
+pub fn load(dir: &Path) -> CpuModel {
+    CpuModel::load(&dir.to_string_lossy(), None)
         .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
 }
 
 /// The real model when it is there, else the fixture; says which, since the numbers of
 /// the two differ by orders of magnitude.
-pub fn bench_model(suite: &str) -> (Model, String) {
+pub fn bench_model(suite: &str) -> (CpuModel, String) {
     let (dir, name) = match smollm2() {
         Some(d) => (d, "smollm2-135m"),
         None => (crate_path(TINY), "tiny-qwen2"),

@@ -18,13 +18,13 @@ use std::rc::Rc;
 
 /// The official correctness rule: the object, spaces removed, occurs in the generation,
 /// spaces removed (case-sensitive).
-pub fn is_correct(object: &str, generated: &str) -> bool {
+pub(crate) fn is_correct(object: &str, generated: &str) -> bool {
     let strip = |s: &str| s.chars().filter(|c| *c != ' ').collect::<String>();
     strip(generated).contains(&strip(object))
 }
 
 /// The token that ends the byte span `..end` of the text.
-pub fn token_ending_at(offsets: &[(usize, usize)], end: usize) -> Option<usize> {
+pub(crate) fn token_ending_at(offsets: &[(usize, usize)], end: usize) -> Option<usize> {
     offsets.iter().position(|&(s, e)| s < end && end <= e)
 }
 

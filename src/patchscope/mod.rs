@@ -40,7 +40,7 @@ pub fn target_site(source_layer: usize, target_layer: usize, num_layers: usize) 
 }
 
 /// SplitMix64: a one-line RNG any reimplementation can reproduce exactly.
-pub fn splitmix64(x: u64) -> u64 {
+pub(crate) fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -48,7 +48,7 @@ pub fn splitmix64(x: u64) -> u64 {
 }
 
 /// The seeded source position of prompt `index` (uniform over its tokens).
-pub fn source_position(seed: u64, index: usize, num_tokens: usize) -> usize {
+pub(crate) fn source_position(seed: u64, index: usize, num_tokens: usize) -> usize {
     (splitmix64(seed.wrapping_add(index as u64)) % num_tokens as u64) as usize
 }
 

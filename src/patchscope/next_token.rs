@@ -36,7 +36,7 @@ pub struct Source {
 
 impl Source {
     /// The layer-`layer` representation as the paper defines it (HF `hidden_states[l + 1]`).
-    pub fn rep(&self, layer: usize) -> &[f32] {
+    pub(crate) fn rep(&self, layer: usize) -> &[f32] {
         if layer + 1 == self.block_out.len() {
             &self.final_norm
         } else {

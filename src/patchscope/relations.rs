@@ -19,11 +19,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The placeholder token of target prompts.
-pub const PLACEHOLDER: &str = "x";
+pub(crate) const PLACEHOLDER: &str = "x";
 
 /// `target` with its placeholder (the last whole-word "x") replaced by `subject`: the
 /// baseline prompt, and the LRE source text where a relation has no template.
-pub fn fill_placeholder(target: &str, subject: &str) -> String {
+pub(crate) fn fill_placeholder(target: &str, subject: &str) -> String {
     let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
     let at = target
         .rmatch_indices(PLACEHOLDER)

@@ -2,13 +2,15 @@
 //! Each new token attends to every cached position up to and including its own.
 
 use crate::kv::{KvCache, Segment};
-use crate::shape::{AttnShape, TokenAt};
+use crate::shape::{AttnShape, RowLayout, TokenAt};
 use rayon::prelude::*;
 
-/// `q` is [tokens, num_heads, head_dim] (RoPE applied); the caches already hold the keys
-/// and values of these tokens in block `layer`. Returns [tokens, num_heads, head_dim].
+/// `q` holds [tokens, num_heads * head_dim] at `q_layout` (RoPE applied); the caches
+/// already hold the keys and values of these tokens in block `layer`. Returns
+/// [tokens, num_heads, head_dim].
 pub fn attention(
     q: &[f32],
+    q_layout: RowLayout,
     tokens: &[TokenAt],
     caches: &[KvCache],
     layer: usize,
@@ -28,7 +30,7 @@ pub fn attention(
             let (t, head) = (i / s.num_heads, i % s.num_heads);
             let tok = tokens[t];
             caches[tok.row].segments_into(layer, tok.pos + 1, segs);
-            let qh = &q[t * q_dim + head * hd..][..hd];
+            let qh = &q[t * q_layout.stride + q_layout.offset + head * hd..][..hd];
             let kv = (head / group) * hd..(head / group + 1) * hd;
             let at = Keys {
                 segs,

@@ -12,7 +12,7 @@ pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
         .for_each(|(yr, xr)| rmsnorm_row(xr, w, eps, yr));
 }
 
-pub fn rmsnorm_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+fn rmsnorm_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let inv = 1.0 / (mean_sq + eps).sqrt();
     for ((yi, xi), wi) in y.iter_mut().zip(x).zip(w) {

@@ -19,7 +19,7 @@ pub const REBUILD_HINT: &str = "this qwen-scope was built without CUDA kernels (
      nvidia-cuda-cccl`; see docs/CUDA.md), set NVCC=/path/to/nvcc if it is not on PATH or \
      under CUDA_HOME, then rebuild with `cargo build --release`; or run with --device cpu";
 
-pub const NO_DRIVER: &str =
+pub(crate) const NO_DRIVER: &str =
     "no CUDA driver found (libcuda): run with --device cpu or install the NVIDIA driver";
 
 #[cfg(qwen_scope_kernels)]
@@ -34,7 +34,7 @@ static FATBIN: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(
 )));
 
 /// The embedded fatbin, or None in a build without kernels.
-pub fn fatbin() -> Option<&'static [u8]> {
+pub(crate) fn fatbin() -> Option<&'static [u8]> {
     #[cfg(qwen_scope_kernels)]
     {
         Some(&FATBIN.0)

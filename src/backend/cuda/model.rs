@@ -1,33 +1,31 @@
-//! The whole Qwen2/Llama forward pass on one GPU, with the semantics and the request API of
-//! the CPU pass (`Model::forward` in src/forward.rs): packed rows of unequal lengths, each
-//! continuing its own KV cache; input tokens or states at any site; residual-stream reads
-//! and writes where the pass reaches their site (writes first); logits where asked.
+//! The model on one GPU: the weights uploaded in the chosen [`DType`], and the ops the
+//! pass of `crate::model` runs it with (the CPU model's twin, tested against it).
 //!
 //! Numerics: weights (GEMM matrices, the embedding table and the LM head) are held in the
-//! chosen [`DType`]; norm weights and biases in f32. The residual stream, every GEMM
+//! chosen dtype; norm weights and biases in f32. The residual stream, every GEMM
 //! accumulation, softmax and all elementwise math are f32. Activations are rounded to the
 //! weight dtype just before each GEMM (RMSNorm and SwiGLU write that dtype directly; the
 //! attention output and the rows fed to the LM head are cast); in f32 mode nothing is
 //! rounded. KV caches hold keys and values in the weight dtype (f32 in f32 mode).
 //!
-//! Requests are checked by the same plan as the CPU pass's (src/plan.rs: rows, positions,
-//! sites, write sizes, token ids, cache lengths, logit rows) before any block runs, so
-//! both backends refuse the same requests with the same messages and leave the caches
-//! untouched when they do.
+//! The dtype is chosen once, in [`CudaModel::new`]; each pass then runs on [`Typed`], where
+//! every buffer has its static element type.
 
 use super::device::Device;
 use super::gemm;
-use super::kernels::{self as k, AttnBatch, RowLayout, RowWrite, Splits, HEAD_DIM_MAX};
+use super::kernels::{self as k, AttnBatch, RowWrite, Splits, HEAD_DIM_MAX};
 use super::{cuda_err, DType};
+use crate::backend::cpu::CpuModel;
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::model::Model;
-use crate::plan::{CacheShape, Init, Plan, StreamOps};
-use crate::request::{Logits, Output, Request};
-use crate::shape::{AttnShape, TokenAt};
-use crate::stream::{Site, State, WriteOp};
+use crate::model::{self, Norm, Ops, Proj};
+use crate::plan::{CacheShape, Plan};
+use crate::request::{Output, Request};
+use crate::shape::{AttnShape, RowLayout};
+use crate::stream::WriteOp;
 use crate::tokenizer::Tokenizer;
-use cudarc::driver::{CudaSlice, CudaViewMut};
+use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 
 use super::kv_cache::*;
@@ -37,8 +35,6 @@ use super::storage::*;
 const GATHER_ROWS: usize = 65535;
 /// Rows of the LM head product per chunk, to bound the scratch for `LogitsAt::All`.
 const LOGIT_CHUNK: usize = 1024;
-
-// ---- the pass --------------------------------------------------------------------------
 
 impl CacheShape for CudaKvCache {
     fn num_layers(&self) -> usize {
@@ -50,31 +46,7 @@ impl CacheShape for CudaKvCache {
     }
 }
 
-/// Per-pass buffers of the blocks.
-struct Scratch<T: Elem> {
-    /// Normed stream, GEMM input [n, hidden].
-    x: CudaSlice<T>,
-    /// [n, q_dim + 2 kv_dim]
-    qkv: CudaSlice<f32>,
-    /// [n, q_dim]
-    attn: CudaSlice<f32>,
-    attn_t: Option<CudaSlice<T>>,
-    /// [n, hidden]
-    o: CudaSlice<f32>,
-    /// [n, 2 intermediate]
-    gate_up: CudaSlice<f32>,
-    /// [n, intermediate]
-    act: CudaSlice<T>,
-}
-
-/// A pass's results before the logits leave the device.
-struct Pass {
-    states: Vec<State>,
-    /// [logit rows, vocab], with the (row, pos) of each.
-    logits: Option<(CudaSlice<f32>, Vec<TokenAt>)>,
-}
-
-/// Qwen2/Llama on one GPU. Build it from a loaded host [`Model`] with [`CudaModel::new`].
+/// Qwen2/Llama on one GPU. Build it from a loaded host [`CpuModel`] with [`CudaModel::new`].
 pub struct CudaModel {
     dev: Arc<Device>,
     config: Config,
@@ -87,7 +59,7 @@ pub struct CudaModel {
 impl CudaModel {
     /// Uploads `host`'s weights to `dev`: matrices, embedding table and LM head in
     /// `dtype`, norms and biases in f32.
-    pub fn new(host: &Model, dev: Arc<Device>, dtype: DType) -> Result<CudaModel> {
+    pub fn new(host: &CpuModel, dev: Arc<Device>, dtype: DType) -> Result<CudaModel> {
         let c = &host.config;
         if c.head_dim == 0 || c.head_dim > HEAD_DIM_MAX {
             return Err(Error::Cuda(format!(
@@ -140,6 +112,14 @@ impl CudaModel {
         self.config.num_layers
     }
 
+    fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            num_heads: self.config.num_heads,
+            num_kv_heads: self.config.num_kv_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
     /// An empty KV cache for one sequence of this model (nothing is allocated until the
     /// first pass).
     pub fn new_cache(&self) -> CudaKvCache {
@@ -155,270 +135,306 @@ impl CudaModel {
                 .collect(),
         }
     }
+}
 
-    /// Runs one pass over `caches.len()` rows (row r continues `caches[r]`), like
-    /// `Model::forward`.
-    pub fn forward(&self, caches: &mut [CudaKvCache], req: &Request) -> Result<Output> {
-        let pass = self.run(caches, req)?;
-        let mut out = Output {
-            logits: Vec::new(),
-            states: pass.states,
-        };
-        if let Some((buf, at)) = pass.logits {
-            let vocab = self.config.vocab_size;
-            let host = self.dev.download(&buf)?;
-            out.logits = at
-                .iter()
-                .zip(host.chunks_exact(vocab))
-                .map(|(t, v)| Logits {
-                    row: t.row,
-                    pos: t.pos,
-                    values: v.to_vec(),
-                })
-                .collect();
+/// Runs `$body` with `$m` bound to `$model`'s [`Typed`] view: the one place the pass
+/// dispatches on the weight dtype.
+macro_rules! with_typed {
+    ($model:expr, $m:ident => $body:expr) => {
+        match &$model.weights {
+            WeightSet::F32(w) => {
+                let $m = Typed { m: $model, w };
+                $body
+            }
+            WeightSet::F16(w) => {
+                let $m = Typed { m: $model, w };
+                $body
+            }
+            WeightSet::BF16(w) => {
+                let $m = Typed { m: $model, w };
+                $body
+            }
         }
-        Ok(out)
-    }
+    };
+}
 
-    /// Runs `first`, then feeds each row's argmax (taken on the device) back until
-    /// `max_new` tokens per row exist, like `Model::greedy`. Returns the new tokens per row.
-    pub fn greedy(
+impl Engine for CudaModel {
+    type Cache = CudaKvCache;
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    fn new_cache(&self) -> CudaKvCache {
+        CudaModel::new_cache(self)
+    }
+    fn forward(&self, caches: &mut [CudaKvCache], req: &Request) -> Result<Output> {
+        with_typed!(self, m => model::forward(&m, caches, req))
+    }
+    fn greedy(
         &self,
         caches: &mut [CudaKvCache],
         first: Request,
         max_new: usize,
     ) -> Result<Vec<Vec<u32>>> {
-        let rows = caches.len();
-        crate::generate::greedy_loop(rows, first, max_new, |req| {
-            let pass = self.run(caches, req)?;
-            let (logits, _) = pass
-                .logits
-                .as_ref()
-                .expect("LogitsAt::Last yields one per row");
-            let mut ids: CudaSlice<u32> = self.dev.zeros(rows)?;
-            k::argmax(&self.dev, logits, self.config.vocab_size, &mut ids)?;
-            self.dev.download(&ids)
-        })
+        with_typed!(self, m => model::greedy(&m, caches, first, max_new))
     }
-
-    fn run(&self, caches: &mut [CudaKvCache], req: &Request) -> Result<Pass> {
-        match &self.weights {
-            WeightSet::F32(w) => self.run_t(w, caches, req),
-            WeightSet::F16(w) => self.run_t(w, caches, req),
-            WeightSet::BF16(w) => self.run_t(w, caches, req),
+    fn head_argmax(&self, final_normed: Vec<Vec<f32>>) -> Result<Vec<u32>> {
+        with_typed!(self, m => model::head_argmax(&m, final_normed, || self.new_cache()))
+    }
+    fn describe(&self) -> String {
+        let d = self.device();
+        let (major, minor) = d.compute_capability();
+        format!(
+            "cuda:{} {} (sm_{major}{minor}) {:?}",
+            d.context().ordinal(),
+            d.name(),
+            self.dtype
+        )
+    }
+    fn weight_elem_bytes(&self) -> usize {
+        match self.dtype {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
         }
     }
+}
 
-    fn run_t<T: Elem>(
+/// The model with its weights in `T`, for one pass.
+pub(super) struct Typed<'a, T: Elem> {
+    m: &'a CudaModel,
+    w: &'a Weights<T>,
+}
+
+impl<T: Elem> Typed<'_, T> {
+    fn dev(&self) -> &Device {
+        &self.m.dev
+    }
+
+    fn qkv_layouts(&self) -> [RowLayout; 3] {
+        let c = &self.m.config;
+        let stride = c.q_dim() + 2 * c.kv_dim();
+        [0, c.q_dim(), c.q_dim() + c.kv_dim()].map(|offset| RowLayout { stride, offset })
+    }
+}
+
+impl<T: Elem> Ops for Typed<'_, T> {
+    type Cache = CudaKvCache;
+    type Stream = CudaSlice<f32>;
+    type Act = CudaSlice<T>;
+    type Wide = CudaSlice<f32>;
+    type Batch = AttnBatch;
+
+    fn config(&self) -> &Config {
+        &self.m.config
+    }
+
+    /// The checks only a device cache needs; the rest is the shared [`Plan`].
+    fn check_caches(&self, caches: &[CudaKvCache]) -> Result<()> {
+        let m = self.m;
+        for (r, kv) in caches.iter().enumerate() {
+            if kv.kv_dim != m.config.kv_dim() {
+                return Err(Error::input(format!(
+                    "row {r}: KV cache is for another model"
+                )));
+            }
+            if kv.dtype != m.dtype {
+                return Err(Error::input(format!(
+                    "row {r}: KV cache holds {} but this model runs in {}",
+                    kv.dtype.suffix(),
+                    m.dtype.suffix()
+                )));
+            }
+            if kv.dev.context().ordinal() != m.dev.context().ordinal() {
+                return Err(Error::input(format!(
+                    "row {r}: KV cache is on CUDA device {}, the model on {}",
+                    kv.dev.context().ordinal(),
+                    m.dev.context().ordinal()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn embed(&self, ids: &[u32]) -> Result<CudaSlice<f32>> {
+        let dev = self.dev();
+        let d = self.m.config.hidden_size;
+        let ids_d = dev.upload(ids)?;
+        // SAFETY: the embedding kernel writes every row.
+        let mut h = unsafe { dev.alloc::<f32>(ids.len() * d)? };
+        k::embedding(dev, &self.w.embed, d, &ids_d, &mut h)?;
+        Ok(h)
+    }
+
+    fn stream_from(&self, states: Vec<f32>) -> Result<CudaSlice<f32>> {
+        self.dev().upload(&states)
+    }
+
+    fn act(&self, len: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: every block buffer is written by a kernel or GEMM before it is read.
+        unsafe { self.dev().alloc(len) }
+    }
+
+    fn wide(&self, len: usize) -> Result<CudaSlice<f32>> {
+        // SAFETY: as for `act`.
+        unsafe { self.dev().alloc(len) }
+    }
+
+    fn batch(&self, plan: &Plan) -> Result<AttnBatch> {
+        AttnBatch::new(self.dev(), &plan.tokens, &self.m.attn_shape())
+    }
+
+    fn rmsnorm(
         &self,
-        w: &Weights<T>,
-        caches: &mut [CudaKvCache],
-        req: &Request,
-    ) -> Result<Pass> {
-        debug_assert!(T::weights(&self.weights).is_some());
-        let c = &self.config;
-        let dev = &*self.dev;
-        let (l, d) = (c.num_layers, c.hidden_size);
-        self.check_caches(caches)?;
-        let (start, plan, init) = Plan::new(&self.config, caches, &req.input)?;
-        let ops = plan.stream_ops(&self.config, req, start)?;
-        let logit_rows = plan.logit_rows(&req.logits)?;
-        let n = plan.tokens.len();
-
-        let mut h: CudaSlice<f32> = match init {
-            Init::Ids(ids) => {
-                let ids_d = dev.upload(&ids)?;
-                // SAFETY: the embedding kernel writes every row.
-                let mut h = unsafe { dev.alloc::<f32>(n * d)? };
-                k::embedding(dev, &w.embed, d, &ids_d, &mut h)?;
-                h
-            }
-            Init::States(s) => dev.upload(&s)?,
-        };
-        let mut states = Vec::new();
-        self.apply_site(start, &mut h, &plan, &ops, &mut states)?;
-
-        let shape = self.attn_shape();
-        for (blocks, active) in plan.segments(start, l) {
-            let nt = active.tokens.len();
-            let batch = AttnBatch::new(dev, &active.tokens, &shape)?;
-            let mut s = self.scratch::<T>(nt)?;
-            for b in blocks {
-                self.block(
-                    &w.blocks[b],
-                    b,
-                    &mut h.slice_mut(..nt * d),
-                    &active,
-                    &batch,
-                    &mut caches[..active.rows.len()],
-                    &mut s,
-                )?;
-                self.apply_site(Site::BlockOut(b), &mut h, &plan, &ops, &mut states)?;
-            }
-        }
-        let needs_norm = !logit_rows.is_empty()
-            || ops.reads.iter().any(|r| r.0 == Site::FinalNorm)
-            || ops.writes.iter().any(|w| w.0 == Site::FinalNorm);
-        if start != Site::FinalNorm && needs_norm {
-            // rows that join at the final norm come normed already
-            let nn = plan.joined(Site::BlockOut(l - 1), l).tokens.len() * d;
-            // SAFETY: rmsnorm writes the first nn values, the copy the rest.
-            let mut normed = unsafe { dev.alloc::<f32>(n * d)? };
-            k::rmsnorm(
-                dev,
-                &h.slice(..nn),
-                &w.final_norm,
-                c.rms_norm_eps,
-                &mut normed.slice_mut(..nn),
-            )?;
-            if nn < n * d {
-                dev.stream()
-                    .memcpy_dtod(&h.slice(nn..), &mut normed.slice_mut(nn..))
-                    .map_err(|e| cuda_err("copying final-norm rows", e))?;
-            }
-            h = normed;
-            self.apply_site(Site::FinalNorm, &mut h, &plan, &ops, &mut states)?;
-        }
-        let logits = if logit_rows.is_empty() {
-            None
-        } else {
-            let head = w.lm_head.as_ref().unwrap_or(&w.embed);
-            let buf = self.lm_head::<T>(&h, &logit_rows, head)?;
-            Some((buf, logit_rows.iter().map(|&t| plan.tokens[t]).collect()))
-        };
-        Ok(Pass { states, logits })
-    }
-
-    fn attn_shape(&self) -> AttnShape {
-        AttnShape {
-            num_heads: self.config.num_heads,
-            num_kv_heads: self.config.num_kv_heads,
-            head_dim: self.config.head_dim,
-        }
-    }
-
-    fn scratch<T: Elem>(&self, n: usize) -> Result<Scratch<T>> {
-        let c = &self.config;
-        let dev = &*self.dev;
-        let (d, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        // SAFETY: every buffer is written by a kernel or GEMM before it is read in `block`.
-        unsafe {
-            Ok(Scratch {
-                x: dev.alloc(n * d)?,
-                qkv: dev.alloc(n * (q + 2 * kv))?,
-                attn: dev.alloc(n * q)?,
-                attn_t: None,
-                o: dev.alloc(n * d)?,
-                gate_up: dev.alloc(n * 2 * i)?,
-                act: dev.alloc(n * i)?,
-            })
-        }
-    }
-
-    /// One decoder block over all new tokens, appending their keys/values to the caches.
-    #[allow(clippy::too_many_arguments)]
-    fn block<T: Elem>(
-        &self,
-        b: &BlockW<T>,
+        h: &CudaSlice<f32>,
+        n: usize,
         layer: usize,
-        h: &mut CudaViewMut<'_, f32>,
-        plan: &Plan,
-        batch: &AttnBatch,
-        caches: &mut [CudaKvCache],
-        s: &mut Scratch<T>,
+        norm: Norm,
+        out: &mut CudaSlice<T>,
     ) -> Result<()> {
-        let c = &self.config;
-        let dev = &*self.dev;
-        let n = plan.tokens.len();
-        let (d, qd, kvd, inter) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        let width = qd + 2 * kvd;
-        let eps = c.rms_norm_eps;
-
-        k::rmsnorm(dev, h, &b.input_norm, eps, &mut s.x)?;
-        gemm::linear(
-            dev,
-            &s.x,
-            n,
-            d,
-            &b.qkv,
-            width,
-            b.qkv_bias.as_ref(),
-            &mut s.qkv,
-        )?;
-        let q_at = RowLayout {
-            stride: width,
-            offset: 0,
+        let b = &self.w.blocks[layer];
+        let w = match norm {
+            Norm::Input => &b.input_norm,
+            Norm::PostAttention => &b.post_norm,
         };
-        let k_at = RowLayout {
-            stride: width,
-            offset: qd,
-        };
-        let pos = batch.positions();
-        k::rope(
-            dev,
-            &mut s.qkv,
-            q_at,
-            c.num_heads,
-            c.head_dim,
-            pos,
-            &self.inv_freq,
-        )?;
-        k::rope(
-            dev,
-            &mut s.qkv,
-            k_at,
-            c.num_kv_heads,
-            c.head_dim,
-            pos,
-            &self.inv_freq,
-        )?;
+        let c = &self.m.config;
+        let x = h.slice(..n * c.hidden_size);
+        k::rmsnorm(self.dev(), &x, w, c.rms_norm_eps, out)
+    }
 
+    fn linear(
+        &self,
+        x: &CudaSlice<T>,
+        layer: usize,
+        proj: Proj,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let b = &self.w.blocks[layer];
+        let c = &self.m.config;
+        let (d, inter) = (c.hidden_size, c.intermediate_size);
+        let (w, bias, inp, width) = match proj {
+            Proj::Qkv => (&b.qkv, b.qkv_bias.as_ref(), d, c.q_dim() + 2 * c.kv_dim()),
+            Proj::O => (&b.o_proj, None, c.q_dim(), d),
+            Proj::GateUp => (&b.gate_up, None, d, 2 * inter),
+            Proj::Down => (&b.down, None, inter, d),
+        };
+        gemm::linear(self.dev(), x, x.len() / inp, inp, w, width, bias, out)
+    }
+
+    fn rope(&self, qkv: &mut CudaSlice<f32>, batch: &AttnBatch) -> Result<()> {
+        let c = &self.m.config;
+        let [q_at, k_at, _] = self.qkv_layouts();
+        let (pos, f) = (batch.positions(), &self.m.inv_freq);
+        k::rope(self.dev(), qkv, q_at, c.num_heads, c.head_dim, pos, f)?;
+        k::rope(self.dev(), qkv, k_at, c.num_kv_heads, c.head_dim, pos, f)
+    }
+
+    fn attention(
+        &self,
+        qkv: &CudaSlice<f32>,
+        batch: &AttnBatch,
+        plan: &Plan,
+        caches: &mut [CudaKvCache],
+        layer: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let dev = self.dev();
+        let [q_at, k_at, v_at] = self.qkv_layouts();
         for (cache, &(_, len)) in caches.iter_mut().zip(&plan.rows) {
             let need = cache.own[layer].len + len;
             cache.reserve::<T>(layer, need)?;
         }
         let table = kv_table::<T>(dev, caches, layer)?;
+        let stride = q_at.stride;
         // SAFETY: the table names the caches' buffers, which `caches` (borrowed for the
         // whole call) keeps alive and unmoved; all work is ordered on the device's stream,
         // and a buffer that is dropped later is freed in stream order.
-        unsafe { k::kv_append(dev, &s.qkv, width, qd, qd + kvd, batch, &table)? };
+        unsafe { k::kv_append(dev, qkv, stride, k_at.offset, v_at.offset, batch, &table)? };
         for (cache, &(_, len)) in caches.iter_mut().zip(&plan.rows) {
             cache.own[layer].len += len;
         }
-        let shape = self.attn_shape();
+        let shape = self.m.attn_shape();
         // SAFETY: as for kv_append.
-        unsafe {
-            k::attention(
-                dev,
-                &s.qkv,
-                q_at,
-                batch,
-                &table,
-                &shape,
-                &mut s.attn,
-                Splits::Auto,
-            )?
-        };
-        let a = T::gemm_input(dev, &s.attn, &mut s.attn_t)?;
-        gemm::matmul_bt(dev, a, n, qd, &b.o_proj, d, &mut s.o)?;
-        k::add_inplace(dev, h, &s.o)?;
-
-        k::rmsnorm(dev, h, &b.post_norm, eps, &mut s.x)?;
-        gemm::matmul_bt(dev, &s.x, n, d, &b.gate_up, 2 * inter, &mut s.gate_up)?;
-        k::swiglu(dev, &s.gate_up, inter, &mut s.act)?;
-        gemm::matmul_bt(dev, &s.act, n, inter, &b.down, d, &mut s.o)?;
-        k::add_inplace(dev, h, &s.o)
+        unsafe { k::attention(dev, qkv, q_at, batch, &table, &shape, out, Splits::Auto) }
     }
 
-    /// Logits [rows.len(), vocab] of the stream rows `rows` (already final-normed).
-    fn lm_head<T: Elem>(
+    fn gemm_input<'a>(
         &self,
-        h: &CudaSlice<f32>,
-        rows: &[usize],
-        head: &CudaSlice<T>,
-    ) -> Result<CudaSlice<f32>> {
-        let dev = &*self.dev;
-        let (d, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        x: &'a CudaSlice<f32>,
+        tmp: &'a mut Option<CudaSlice<T>>,
+    ) -> Result<&'a CudaSlice<T>> {
+        T::gemm_input(self.dev(), x, tmp)
+    }
+
+    fn add(&self, h: &mut CudaSlice<f32>, n: usize, delta: &CudaSlice<f32>) -> Result<()> {
+        let mut rows = h.slice_mut(..n * self.m.config.hidden_size);
+        k::add_inplace(self.dev(), &mut rows, delta)
+    }
+
+    fn swiglu(&self, gate_up: &CudaSlice<f32>, out: &mut CudaSlice<T>) -> Result<()> {
+        k::swiglu(self.dev(), gate_up, self.m.config.intermediate_size, out)
+    }
+
+    fn final_norm(&self, h: &mut CudaSlice<f32>, n: usize) -> Result<()> {
+        let dev = self.dev();
+        let c = &self.m.config;
+        let nn = n * c.hidden_size;
+        // SAFETY: rmsnorm writes the first nn values, the copy the rest.
+        let mut normed = unsafe { dev.alloc::<f32>(h.len())? };
+        let (x, w) = (h.slice(..nn), &self.w.final_norm);
+        k::rmsnorm(dev, &x, w, c.rms_norm_eps, &mut normed.slice_mut(..nn))?;
+        if nn < h.len() {
+            dev.stream()
+                .memcpy_dtod(&h.slice(nn..), &mut normed.slice_mut(nn..))
+                .map_err(|e| cuda_err("copying final-norm rows", e))?;
+        }
+        *h = normed;
+        Ok(())
+    }
+
+    fn write_rows(&self, h: &mut CudaSlice<f32>, writes: &[(usize, &WriteOp)]) -> Result<()> {
+        let writes: Vec<RowWrite> = writes
+            .iter()
+            .map(|&(token, op)| {
+                let (WriteOp::Replace(v) | WriteOp::Add(v)) = op;
+                RowWrite {
+                    token,
+                    add: matches!(op, WriteOp::Add(_)),
+                    values: v,
+                }
+            })
+            .collect();
+        k::write_rows(self.dev(), h, self.m.config.hidden_size, &writes)
+    }
+
+    fn read_rows(&self, h: &CudaSlice<f32>, rows: &[usize]) -> Result<Vec<f32>> {
+        let dev = self.dev();
+        let idx: Vec<u32> = rows.iter().map(|&t| t as u32).collect();
+        dev.download(&gather(dev, h, self.m.config.hidden_size, &idx)?)
+    }
+
+    fn logits(&self, h: &CudaSlice<f32>, rows: &[usize]) -> Result<Vec<f32>> {
+        self.dev().download(&self.lm_head(h, rows)?)
+    }
+
+    /// Taken on the device: only the token ids come back.
+    fn head_argmax(&self, h: &CudaSlice<f32>, rows: &[usize]) -> Result<Vec<u32>> {
+        let dev = self.dev();
+        let logits = self.lm_head(h, rows)?;
+        let mut ids: CudaSlice<u32> = dev.zeros(rows.len())?;
+        k::argmax(dev, &logits, self.m.config.vocab_size, &mut ids)?;
+        dev.download(&ids)
+    }
+}
+
+impl<T: Elem> Typed<'_, T> {
+    /// Logits [rows.len(), vocab] of the stream rows `rows` (already final-normed).
+    fn lm_head(&self, h: &CudaSlice<f32>, rows: &[usize]) -> Result<CudaSlice<f32>> {
+        let dev = self.dev();
+        let (d, vocab) = (self.m.config.hidden_size, self.m.config.vocab_size);
+        let head = self.w.lm_head.as_ref().unwrap_or(&self.w.embed);
         // SAFETY: every chunk below writes its rows.
         let mut out = unsafe { dev.alloc::<f32>(rows.len() * vocab)? };
         let mut tmp = None;
@@ -431,79 +447,6 @@ impl CudaModel {
             gemm::matmul_bt(dev, xt, chunk.len(), d, head, vocab, &mut y)?;
         }
         Ok(out)
-    }
-
-    /// Applies the writes, then the reads, of `site`.
-    fn apply_site(
-        &self,
-        site: Site,
-        h: &mut CudaSlice<f32>,
-        plan: &Plan,
-        ops: &StreamOps,
-        states: &mut Vec<State>,
-    ) -> Result<()> {
-        let dev = &*self.dev;
-        let d = self.config.hidden_size;
-        let writes: Vec<RowWrite> = ops
-            .writes
-            .iter()
-            .filter(|w| w.0 == site)
-            .map(|&(_, t, op)| {
-                let (WriteOp::Replace(v) | WriteOp::Add(v)) = op;
-                RowWrite {
-                    token: t,
-                    add: matches!(op, WriteOp::Add(_)),
-                    values: v,
-                }
-            })
-            .collect();
-        k::write_rows(dev, h, d, &writes)?;
-        let reads: Vec<usize> = ops
-            .reads
-            .iter()
-            .filter(|r| r.0 == site)
-            .map(|r| r.1)
-            .collect();
-        if reads.is_empty() {
-            return Ok(());
-        }
-        let idx: Vec<u32> = reads.iter().map(|&t| t as u32).collect();
-        let values = dev.download(&gather(dev, h, d, &idx)?)?;
-        for (&t, v) in reads.iter().zip(values.chunks_exact(d)) {
-            states.push(State {
-                site,
-                row: plan.tokens[t].row,
-                pos: plan.tokens[t].pos,
-                values: v.to_vec(),
-            });
-        }
-        Ok(())
-    }
-
-    /// The checks only a device cache needs; the rest is the shared [`Plan`].
-    fn check_caches(&self, caches: &[CudaKvCache]) -> Result<()> {
-        for (r, kv) in caches.iter().enumerate() {
-            if kv.kv_dim != self.config.kv_dim() {
-                return Err(Error::input(format!(
-                    "row {r}: KV cache is for another model"
-                )));
-            }
-            if kv.dtype != self.dtype {
-                return Err(Error::input(format!(
-                    "row {r}: KV cache holds {} but this model runs in {}",
-                    kv.dtype.suffix(),
-                    self.dtype.suffix()
-                )));
-            }
-            if kv.dev.context().ordinal() != self.dev.context().ordinal() {
-                return Err(Error::input(format!(
-                    "row {r}: KV cache is on CUDA device {}, the model on {}",
-                    kv.dev.context().ordinal(),
-                    self.dev.context().ordinal()
-                )));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -5,8 +5,8 @@ use super::device::Device;
 use super::kernels as k;
 use super::CudaFloat;
 use crate::backend::cpu::matmul::Linear;
+use crate::backend::cpu::CpuModel;
 use crate::error::Result;
-use crate::model::Model;
 use cudarc::driver::{CudaSlice, ValidAsZeroBits};
 use half::{bf16, f16};
 
@@ -23,7 +23,6 @@ pub(super) trait Elem: CudaFloat + ValidAsZeroBits {
     fn to_f32(v: Vec<Self>) -> Vec<f32>;
     fn get(b: &Buf) -> Option<&CudaSlice<Self>>;
     fn wrap(s: CudaSlice<Self>) -> Buf;
-    fn weights(w: &WeightSet) -> Option<&Weights<Self>>;
     /// `x` as a GEMM input of this type: `x` itself in f32, else cast into `tmp`.
     fn gemm_input<'a>(
         dev: &Device,
@@ -62,12 +61,6 @@ impl Elem for f32 {
     fn wrap(s: CudaSlice<Self>) -> Buf {
         Buf::F32(s)
     }
-    fn weights(w: &WeightSet) -> Option<&Weights<Self>> {
-        match w {
-            WeightSet::F32(w) => Some(w),
-            _ => None,
-        }
-    }
     fn gemm_input<'a>(
         _dev: &Device,
         x: &'a CudaSlice<f32>,
@@ -95,12 +88,6 @@ macro_rules! half_elem {
             }
             fn wrap(s: CudaSlice<Self>) -> Buf {
                 Buf::$variant(s)
-            }
-            fn weights(w: &WeightSet) -> Option<&Weights<Self>> {
-                match w {
-                    WeightSet::$variant(w) => Some(w),
-                    _ => None,
-                }
             }
             fn gemm_input<'a>(
                 dev: &Device,
@@ -151,7 +138,7 @@ pub(super) fn upload_linear<T: Elem>(dev: &Device, lin: &Linear) -> Result<CudaS
     dev.upload(&T::from_f32(&lin.w))
 }
 
-pub(super) fn upload_weights<T: Elem>(dev: &Device, host: &Model) -> Result<Weights<T>> {
+pub(super) fn upload_weights<T: Elem>(dev: &Device, host: &CpuModel) -> Result<Weights<T>> {
     let blocks = host
         .blocks
         .iter()

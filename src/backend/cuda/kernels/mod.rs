@@ -9,13 +9,14 @@
 use super::device::Device;
 use super::{CudaFloat, DType};
 use crate::error::{Error, Result};
+pub use crate::shape::RowLayout;
 use crate::shape::{AttnShape, TokenAt};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
 /// Every kernel the module must provide; all are looked up when a [`Device`] is created.
-pub const KERNELS: &[&str] = &[
+pub(crate) const KERNELS: &[&str] = &[
     "embedding_f32",
     "embedding_f16",
     "embedding_bf16",
@@ -94,24 +95,7 @@ fn eq_len(op: &str, what: &str, got: usize, want: usize) -> Result<()> {
     })
 }
 
-/// Rows of `width` values starting `offset` values into rows of `stride` values, e.g. the
-/// keys inside a fused [tokens, q_dim + 2 kv_dim] QKV buffer: stride = q_dim + 2 kv_dim,
-/// offset = q_dim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RowLayout {
-    pub stride: usize,
-    pub offset: usize,
-}
-
 impl RowLayout {
-    /// Contiguous rows of `width` values.
-    pub fn packed(width: usize) -> Self {
-        RowLayout {
-            stride: width,
-            offset: 0,
-        }
-    }
-
     /// Checks that `rows` rows of `width` values fit in a buffer of `len` values.
     fn check(&self, op: &str, rows: usize, width: usize, len: usize) -> Result<()> {
         check(self.offset + width <= self.stride, || {
