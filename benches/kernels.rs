@@ -532,9 +532,9 @@ fn cuda_attention<T: HostFloat>(
         k.extend_from_slice(seg.k);
         v.extend_from_slice(seg.v);
     }
-    let (k, v) = (upload::<T>(dev, &k), upload::<T>(dev, &v));
+    let (mut k, mut v) = (upload::<T>(dev, &k), upload::<T>(dev, &v));
     let mut table = KvTable::<T>::builder(dev, KV_DIM);
-    table.row(&k, &v).expect("KV row");
+    table.row(&mut k, &mut v).expect("KV row");
     let table = table.build().expect("KV table");
     let shape = attn_shape();
     let batch = AttnBatch::new(dev, tokens, &shape).expect("attention batch");
@@ -544,11 +544,7 @@ fn cuda_attention<T: HostFloat>(
         b.iter(|| {
             run_sync(dev, || {
                 let at = RowLayout::packed(Q_DIM);
-                // SAFETY: k and v, the buffers the table names, live until this function
-                // returns, after the last iteration, and nothing else touches them.
-                unsafe {
-                    ck::attention(dev, &q, at, &batch, &table, &shape, &mut out, Splits::Auto)
-                }
+                ck::attention(dev, &q, at, &batch, &table, &shape, &mut out, Splits::Auto)
             })
         })
     });

@@ -1,4 +1,6 @@
-//! One error type for the library: every failure a user can cause names what is wrong.
+//! One error type for the library: every failure a user can cause names what is wrong, and
+//! [`Error::Internal`] keeps apart the failures no input should cause (a broken invariant
+//! between the pass and a backend's ops), so that a bug is never reported as bad input.
 
 use std::path::PathBuf;
 
@@ -29,6 +31,9 @@ pub enum Error {
     Input(String),
     #[error("CUDA: {0}")]
     Cuda(String),
+    /// A check between qwen-scope's own layers failed: a bug, not the caller's input.
+    #[error("internal error (a qwen-scope bug; please report it): {0}")]
+    Internal(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -43,5 +48,9 @@ impl Error {
 
     pub(crate) fn input(msg: impl Into<String>) -> Self {
         Error::Input(msg.into())
+    }
+
+    pub(crate) fn internal(msg: impl Into<String>) -> Self {
+        Error::Internal(msg.into())
     }
 }

@@ -8,6 +8,7 @@
 //! tools/gpu-check.sh does): there, a missing GPU or a build without kernels fails them.
 
 mod common;
+use common::assert_within;
 
 use half::{bf16, f16};
 use qwen_scope::backend::cpu::attention as cpu_att;
@@ -107,29 +108,6 @@ fn rounded<T: Host>(v: &[f32]) -> Vec<f32> {
     back(&to::<T>(v))
 }
 
-/// |got - want| <= atol + rtol |want| everywhere; NaN only where `want` is NaN.
-fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        if w.is_nan() {
-            assert!(g.is_nan(), "{what}[{i}]: got {g}, want NaN");
-            continue;
-        }
-        assert!(
-            !g.is_nan(),
-            "{what}[{i}]: got NaN (unwritten or poisoned input), want {w}"
-        );
-        if g == w {
-            continue;
-        }
-        let (err, tol) = ((g - w).abs(), atol + rtol * w.abs());
-        assert!(
-            err <= tol,
-            "{what}[{i}]: got {g}, want {w} (error {err:e}, tolerance {tol:e})"
-        );
-    }
-}
-
 fn poisoned<T: Host>(dev: &Device, n: usize) -> cudarc::driver::CudaSlice<T> {
     dev.upload(&vec![T::nan(); n]).unwrap()
 }
@@ -176,7 +154,7 @@ fn embedding_case<T: Host>(dev: &Device, rng: &mut Rng, vocab: usize, hidden: us
     k::embedding(dev, &t, hidden, &i, &mut out).unwrap();
     // Exact: a copy and an exact widening.
     let what = format!("embedding {} vocab {vocab} hidden {hidden}", T::NAME);
-    assert_close(&what, &down(dev, &out), &want, 0.0, 0.0);
+    assert_within(&what, &down(dev, &out), &want, 0.0, 0.0);
 }
 
 #[test]
@@ -219,9 +197,9 @@ fn rmsnorm_case<O: Host>(dev: &Device, rng: &mut Rng, rows: usize, d: usize) {
     let what = format!("rmsnorm -> {} rows {rows} d {d}", O::NAME);
     let got = down(dev, &y);
     if O::NAME == "f32" {
-        assert_close(&what, &got, &want, 1e-6, 1e-5);
+        assert_within(&what, &got, &want, 1e-6, 1e-5);
     } else {
-        assert_close(&what, &got, &rounded::<O>(&want), 1e-6, O::EPS);
+        assert_within(&what, &got, &rounded::<O>(&want), 1e-6, O::EPS);
     }
 }
 
@@ -309,7 +287,7 @@ fn rope_matches_cpu_inside_a_fused_qkv_buffer() {
         // Same angle (one f32 multiply); sincosf and the CPU's sin/cos differ by an ulp or
         // two, values are O(1): 2e-6 absolute. V must be untouched (exact).
         let what = format!("rope heads {heads}/{kv_heads} head_dim {hd}");
-        assert_close(&what, &down(dev, &x), &want, 2e-6, 1e-6);
+        assert_within(&what, &down(dev, &x), &want, 2e-6, 1e-6);
     }
 }
 
@@ -331,9 +309,9 @@ fn swiglu_case<O: Host>(dev: &Device, rng: &mut Rng, tokens: usize, inter: usize
     let what = format!("swiglu -> {} tokens {tokens} inter {inter}", O::NAME);
     let got = down(dev, &out);
     if O::NAME == "f32" {
-        assert_close(&what, &got, &want, 1e-7, 1e-5);
+        assert_within(&what, &got, &want, 1e-7, 1e-5);
     } else {
-        assert_close(&what, &got, &rounded::<O>(&want), 1e-7, O::EPS);
+        assert_within(&what, &got, &rounded::<O>(&want), 1e-7, O::EPS);
     }
 }
 
@@ -387,7 +365,7 @@ fn cast_case<T: Host>(dev: &Device, rng: &mut Rng) {
     // And back, exactly.
     let mut z = poisoned::<f32>(dev, x.len());
     k::cast(dev, &y, &mut z).unwrap();
-    assert_close(
+    assert_within(
         &format!("cast {} -> f32", T::NAME),
         &down(dev, &z),
         &back(&want),
@@ -418,7 +396,7 @@ fn add_bias_case<B: Host>(dev: &Device, rng: &mut Rng, rows: usize, n: usize) {
     let mut y = dev.upload(&y0).unwrap();
     let bd = dev.upload(&b).unwrap();
     k::add_bias(dev, &mut y, &bd).unwrap();
-    assert_close(
+    assert_within(
         &format!("add_bias {} {rows}x{n}", B::NAME),
         &down(dev, &y),
         &want,
@@ -441,7 +419,7 @@ fn residual_ops_match_cpu() {
     let mut h = dev.upload(&h0).unwrap();
     let dd = dev.upload(&delta).unwrap();
     k::add_inplace(dev, &mut h, &dd).unwrap();
-    assert_close("add_inplace", &down(dev, &h), &want, 0.0, 0.0);
+    assert_within("add_inplace", &down(dev, &h), &want, 0.0, 0.0);
 
     // Writes in order, two to the same row: exact.
     let (tokens, hidden) = (6, 100);
@@ -479,7 +457,7 @@ fn residual_ops_match_cpu() {
     }
     let mut h = dev.upload(&h0).unwrap();
     k::write_rows(dev, &mut h, hidden, &writes).unwrap();
-    assert_close("write_rows", &down(dev, &h), &want, 0.0, 0.0);
+    assert_within("write_rows", &down(dev, &h), &want, 0.0, 0.0);
     let bad = [RowWrite {
         token: tokens,
         add: false,
@@ -497,7 +475,7 @@ fn residual_ops_match_cpu() {
     let id = dev.upload(&idx).unwrap();
     let mut dst = poisoned::<f32>(dev, idx.len() * hidden);
     k::gather_rows(dev, &src, hidden, &id, &mut dst).unwrap();
-    assert_close("gather_rows", &down(dev, &dst), &want, 0.0, 0.0);
+    assert_within("gather_rows", &down(dev, &dst), &want, 0.0, 0.0);
 
     // Bias, as the CPU linear adds it: exact.
     for (rows, n) in [(7, 1152), (1, 3)] {
@@ -537,7 +515,7 @@ fn logits_ops_match_cpu() {
         let want: Vec<f32> = x.chunks(vocab).flat_map(cpu_logits::log_softmax).collect();
         let mut y = poisoned::<f32>(dev, x.len());
         k::log_softmax(dev, &xd, vocab, &mut y).unwrap();
-        assert_close(
+        assert_within(
             &format!("log_softmax vocab {vocab}"),
             &down(dev, &y),
             &want,
@@ -943,7 +921,7 @@ fn run_scenario<T: Host>(
         }
     }
     let mut b = KvTable::<T>::builder(dev, kv_dim);
-    for (r, (ok, ov)) in owns.iter().enumerate() {
+    for (r, (ok, ov)) in owns.iter_mut().enumerate() {
         match &sc.prefix[r] {
             None => b.row(ok, ov).unwrap(),
             Some((shared, plen)) => {
@@ -956,34 +934,7 @@ fn run_scenario<T: Host>(
     let table = b.build().unwrap();
     let batch = AttnBatch::new(dev, &sc.tokens, s).unwrap();
 
-    // SAFETY: the table's buffers (prefixes, owns) live until the end of this function
-    // and are used by nothing else.
-    unsafe { k::kv_append(dev, &fused_d, width, q_dim, q_dim + kv_dim, &batch, &table) }.unwrap();
-    // The own buffers now hold exactly the CPU cache's own positions (rounded to T), and
-    // the slack is still NaN.
-    for (r, (ok, ov)) in owns.iter().enumerate() {
-        let plen = sc.prefix[r].as_ref().map_or(0, |p| p.1);
-        let (kc, vc) = &full[r];
-        let mut wk = rounded::<T>(&kc[plen * kv_dim..]);
-        let mut wv = rounded::<T>(&vc[plen * kv_dim..]);
-        wk.extend(vec![f32::NAN; 2 * kv_dim]);
-        wv.extend(vec![f32::NAN; 2 * kv_dim]);
-        assert_close(
-            &format!("{what}: kv_append K row {r}"),
-            &down(dev, ok),
-            &wk,
-            0.0,
-            0.0,
-        );
-        assert_close(
-            &format!("{what}: kv_append V row {r}"),
-            &down(dev, ov),
-            &wv,
-            0.0,
-            0.0,
-        );
-    }
-
+    k::kv_append(dev, &fused_d, width, q_dim, q_dim + kv_dim, &batch, &table).unwrap();
     // Expected: the CPU twin on the CPU caches; for half caches the reference on the
     // rounded keys and values (and the twin with a tolerance for the rounding).
     let twin = cpu_att::attention(
@@ -1010,14 +961,13 @@ fn run_scenario<T: Host>(
             stride: width,
             offset: 0,
         };
-        // SAFETY: as above.
-        unsafe { k::attention(dev, &fused_d, q_at, &batch, &table, s, &mut out, sp) }.unwrap();
+        k::attention(dev, &fused_d, q_at, &batch, &table, s, &mut out, sp).unwrap();
         let got = down(dev, &out);
         // Outputs are convex combinations of values: f32 rounding in the scores, the
         // online softmax and another summation order give ~1e-6 relative to max |v|.
         let atol = 2e-5 * (1.0 + vmax);
         if T::NAME == "f32" {
-            assert_close(
+            assert_within(
                 &format!("{what} {sp:?} vs CPU twin"),
                 &got,
                 &twin,
@@ -1025,7 +975,7 @@ fn run_scenario<T: Host>(
                 1e-5,
             );
         } else {
-            assert_close(
+            assert_within(
                 &format!("{what} {sp:?} vs reference"),
                 &got,
                 &reference,
@@ -1034,7 +984,7 @@ fn run_scenario<T: Host>(
             );
             // Rounding K and V to T moves scores by ~|q||k| eps / sqrt(hd) and values by
             // eps |v|: a loose bound, it catches indexing errors, not rounding.
-            assert_close(
+            assert_within(
                 &format!("{what} {sp:?} vs CPU twin"),
                 &got,
                 &twin,
@@ -1042,6 +992,30 @@ fn run_scenario<T: Host>(
                 0.0,
             );
         }
+    }
+    // The table is done with: the own buffers now hold exactly the CPU cache's own positions (rounded to T), and
+    // the slack is still NaN.
+    for (r, (ok, ov)) in owns.iter().enumerate() {
+        let plen = sc.prefix[r].as_ref().map_or(0, |p| p.1);
+        let (kc, vc) = &full[r];
+        let mut wk = rounded::<T>(&kc[plen * kv_dim..]);
+        let mut wv = rounded::<T>(&vc[plen * kv_dim..]);
+        wk.extend(vec![f32::NAN; 2 * kv_dim]);
+        wv.extend(vec![f32::NAN; 2 * kv_dim]);
+        assert_within(
+            &format!("{what}: kv_append K row {r}"),
+            &down(dev, ok),
+            &wk,
+            0.0,
+            0.0,
+        );
+        assert_within(
+            &format!("{what}: kv_append V row {r}"),
+            &down(dev, ov),
+            &wv,
+            0.0,
+            0.0,
+        );
     }
 }
 
@@ -1132,7 +1106,7 @@ fn attention_test_reference_matches_cpu_twin() {
                 }
             }
             let reference = reference_attention(&q, &sc.tokens, &full, &m.shape);
-            assert_close("reference vs twin", &reference, &twin, 1e-5, 1e-5);
+            assert_within("reference vs twin", &reference, &twin, 1e-5, 1e-5);
         }
     }
 }

@@ -22,6 +22,7 @@
 //! the crate's tests/fixtures.
 
 mod common;
+use common::{assert_within, fixture, max_abs_diff, TINY_MODELS};
 
 use qwen_scope::backend::cpu::logits::argmax;
 use qwen_scope::backend::cuda::{CudaKvCache, CudaModel, DType, Device};
@@ -30,11 +31,9 @@ use qwen_scope::{
     CpuModel, HiddenRow, Input, KvCache, LogitsAt, Output, Positions, Request, Site, WriteOp,
 };
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-const MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen2-untied", "tiny-llama"];
 const F32_TOL: f32 = 1e-4;
 
 // ---- harness ---------------------------------------------------------------------------
@@ -43,13 +42,6 @@ fn say(line: &str) {
     // Straight to the process's stderr: libtest captures eprintln! of passing tests.
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-fn fixture(name: &str) -> PathBuf {
-    std::env::var("QWEN_SCOPE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
-        .join(name)
 }
 
 fn load(name: &str) -> CpuModel {
@@ -84,28 +76,9 @@ fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0.0f32, |m, x| m.max(x.abs()))
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            if x.is_nan() || y.is_nan() {
-                f32::INFINITY
-            } else {
-                (x - y).abs()
-            }
-        })
-        .fold(0.0, f32::max)
-}
-
 /// |got - want| <= tol · max(1, max |want|) everywhere.
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    let d = max_diff(got, want);
-    let bound = tol * max_abs(want).max(1.0);
-    assert!(
-        d <= bound,
-        "{what}: max |diff| = {d:e} > {bound:e} (tolerance {tol:e} x max(1, max|want|))"
-    );
+    assert_within(what, got, want, tol * max_abs(want).max(1.0), 0.0);
 }
 
 /// GPU and CPU outputs agree in f32: same logits and states, in the same order.
@@ -192,7 +165,7 @@ fn vector(seed: usize, d: usize, scale: f32) -> Vec<f32> {
 #[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn f32_single_prompt_logits_states_and_cache_match_cpu() {
     let dev = common::gpu().clone();
-    for name in MODELS {
+    for name in TINY_MODELS {
         let host = load(name);
         let m = gpu(&host, &dev, DType::F32);
         let c = &host.config;
@@ -211,7 +184,7 @@ fn f32_single_prompt_logits_states_and_cache_match_cpu() {
 #[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn f32_batched_unequal_lengths_with_writes_match_cpu() {
     let dev = common::gpu().clone();
-    for name in MODELS {
+    for name in TINY_MODELS {
         let host = load(name);
         let m = gpu(&host, &dev, DType::F32);
         let (v, d, l) = (
@@ -248,7 +221,7 @@ fn f32_batched_unequal_lengths_with_writes_match_cpu() {
 #[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn f32_prefill_then_decode_matches_cpu() {
     let dev = common::gpu().clone();
-    for name in MODELS {
+    for name in TINY_MODELS {
         let host = load(name);
         let m = gpu(&host, &dev, DType::F32);
         let (v, l) = (host.config.vocab_size, host.config.num_layers);
@@ -293,7 +266,7 @@ fn f32_prefill_then_decode_matches_cpu() {
 #[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn f32_forks_and_hidden_starts_match_cpu() {
     let dev = common::gpu().clone();
-    for name in MODELS {
+    for name in TINY_MODELS {
         let host = load(name);
         let m = gpu(&host, &dev, DType::F32);
         let (v, d, l) = (
@@ -429,7 +402,7 @@ fn f32_forks_and_hidden_starts_match_cpu() {
 #[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn f32_patched_greedy_matches_cpu() {
     let dev = common::gpu().clone();
-    for name in MODELS {
+    for name in TINY_MODELS {
         let host = load(name);
         let m = gpu(&host, &dev, DType::F32);
         let (v, d) = (host.config.vocab_size, host.config.hidden_size);
@@ -566,7 +539,7 @@ fn half_metrics(got: &Output, want: &Output, tol: f32) -> (f32, f32, f32) {
     for (g, w) in got.logits.iter().zip(&want.logits) {
         assert_eq!((g.row, g.pos), (w.row, w.pos));
         let scale = max_abs(&w.values).max(f32::MIN_POSITIVE);
-        rel = rel.max(max_diff(&g.values, &w.values) / scale);
+        rel = rel.max(max_abs_diff(&g.values, &w.values) / scale);
         let (gt, wt) = (argmax(&g.values), argmax(&w.values));
         strict += (gt == wt) as usize;
         loose += (gt == wt || w.values[wt] - w.values[gt] <= tol * scale) as usize;
@@ -579,7 +552,7 @@ fn half_metrics(got: &Output, want: &Output, tol: f32) -> (f32, f32, f32) {
 #[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn half_modes_track_the_f32_cpu_pass() {
     let dev = common::gpu().clone();
-    for name in MODELS {
+    for name in TINY_MODELS {
         let host = load(name);
         let (v, l) = (host.config.vocab_size, host.config.num_layers);
         let rows = vec![ids(70, 7, v), ids(71, 3, v), ids(72, 12, v)];
@@ -606,7 +579,7 @@ fn half_modes_track_the_f32_cpu_pass() {
             for (g, w) in got.states.iter().zip(&want.states) {
                 assert_eq!((g.site, g.row, g.pos), (w.site, w.row, w.pos));
                 let scale = max_abs(&w.values).max(f32::MIN_POSITIVE);
-                state_rel = state_rel.max(max_diff(&g.values, &w.values) / scale);
+                state_rel = state_rel.max(max_abs_diff(&g.values, &w.values) / scale);
             }
             say(&format!(
                 "{name} {}: logits rel err {rel:.2e}, states rel err {state_rel:.2e}, top-1 \
@@ -647,7 +620,7 @@ fn half_modes_track_the_f32_cpu_pass() {
 #[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
 fn f32_joining_pass_matches_cpu() {
     let dev = common::gpu().clone();
-    for name in MODELS {
+    for name in TINY_MODELS {
         let host = load(name);
         let m = gpu(&host, &dev, DType::F32);
         let (v, d, l) = (
@@ -719,7 +692,7 @@ fn f32_patchscopes_match_cpu() {
         "Rivers carry sand and stones down to the sea.",
         "A prime number has exactly two divisors.",
     ];
-    for name in MODELS {
+    for name in TINY_MODELS {
         let host = load(name);
         let m = gpu(&host, &dev, DType::F32);
         let encoded: Vec<(usize, Vec<u32>)> = prompts
@@ -822,7 +795,7 @@ fn logit_metrics(
     for l in &got.logits {
         let w = &want[(l.row * seq + l.pos) * vocab..][..vocab];
         let scale = max_abs(w).max(f32::MIN_POSITIVE);
-        rel = rel.max(max_diff(&l.values, w) / scale);
+        rel = rel.max(max_abs_diff(&l.values, w) / scale);
         let (gt, wt) = (argmax(&l.values), argmax(w));
         strict += (gt == wt) as usize;
         loose += (gt == wt || w[wt] - w[gt] <= tol * scale) as usize;
@@ -850,7 +823,7 @@ fn state_metrics(
         };
         let d = s.values.len();
         let w = &w[(s.row * seq + s.pos) * d..][..d];
-        let r = max_diff(&s.values, w) / max_abs(w).max(f32::MIN_POSITIVE);
+        let r = max_abs_diff(&s.values, w) / max_abs(w).max(f32::MIN_POSITIVE);
         compared += 1;
         if r > worst {
             (worst, at) = (r, s.site.to_string());
@@ -934,7 +907,7 @@ fn qwen2_05b_parity() {
             for p in 0..rows * seq {
                 let (g, w) = (&hl[p * vocab..][..vocab], &f32_ref[p * vocab..][..vocab]);
                 let scale = max_abs(w).max(f32::MIN_POSITIVE);
-                rel = rel.max(max_diff(g, w) / scale);
+                rel = rel.max(max_abs_diff(g, w) / scale);
                 let (gt, wt) = (argmax(g), argmax(w));
                 strict += (gt == wt) as usize;
                 loose += (gt == wt || w[wt] - w[gt] <= 2e-2 * scale) as usize;

@@ -7,9 +7,12 @@ use std::path::PathBuf;
 
 pub const TINY_MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen2-untied", "tiny-llama"];
 
+/// A committed fixture: under $QWEN_SCOPE_FIXTURES when set (prebuilt test binaries run
+/// from another checkout, as tools/gpu-check.sh does), else under tests/fixtures.
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+    std::env::var("QWEN_SCOPE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
         .join(name)
 }
 
@@ -83,11 +86,19 @@ impl Reference {
     }
 }
 
+/// max |a - b|; a NaN on either side counts as an infinite difference (`f32::max` would
+/// skip it).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     a.iter()
         .zip(b)
-        .map(|(x, y)| (x - y).abs())
+        .map(|(x, y)| {
+            if x.is_nan() || y.is_nan() {
+                f32::INFINITY
+            } else {
+                (x - y).abs()
+            }
+        })
         .fold(0.0, f32::max)
 }
 
@@ -96,6 +107,30 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) -> f32 {
     let d = max_abs_diff(a, b);
     assert!(d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
     d
+}
+
+/// |got - want| <= atol + rtol |want| everywhere; NaN only where `want` is NaN (an
+/// unwritten or poisoned output shows up as NaN).
+pub fn assert_within(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if w.is_nan() {
+            assert!(g.is_nan(), "{what}[{i}]: got {g}, want NaN");
+            continue;
+        }
+        assert!(
+            !g.is_nan(),
+            "{what}[{i}]: got NaN (unwritten or poisoned input), want {w}"
+        );
+        if g == w {
+            continue;
+        }
+        let (err, tol) = ((g - w).abs(), atol + rtol * w.abs());
+        assert!(
+            err <= tol,
+            "{what}[{i}]: got {g}, want {w} (error {err:e}, tolerance {tol:e})"
+        );
+    }
 }
 
 /// A real model converted by tools/get_model.sh: models/NAME (or $QWEN_SCOPE_MODELS/NAME)

@@ -312,7 +312,7 @@ impl Device {
     ///
     /// # Safety
     /// The contents must be written before they are read.
-    pub unsafe fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+    pub(crate) unsafe fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
         self.stream.alloc(len).map_err(|e| cuda_err("alloc", e))
     }
 

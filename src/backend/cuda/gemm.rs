@@ -31,7 +31,7 @@ pub fn matmul_bt<T: CudaFloat>(
     y: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
     let bad = |what: &str, got: usize, want: usize| {
-        Error::input(format!(
+        Error::internal(format!(
             "matmul: {what} has {got} elements, [{m}, {k}] x [{n}, {k}]^T needs {want}"
         ))
     };
@@ -48,7 +48,7 @@ pub fn matmul_bt<T: CudaFloat>(
         return Ok(());
     }
     if k == 0 {
-        return Err(Error::input("matmul: inner dimension k is 0"));
+        return Err(Error::internal("matmul: inner dimension k is 0"));
     }
     let dims: Vec<i32> = [m, n, k]
         .iter()
@@ -110,7 +110,7 @@ pub fn linear<T: CudaFloat, B: CudaFloat>(
     matmul_bt(dev, x, m, k, w, n, y)?;
     if let Some(b) = bias {
         if b.len() != n {
-            return Err(Error::input(format!(
+            return Err(Error::internal(format!(
                 "linear: bias has {} elements, the layer has {n} outputs",
                 b.len()
             )));

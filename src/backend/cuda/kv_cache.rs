@@ -161,12 +161,28 @@ pub(super) fn typed<T: Elem>(own: &OwnKv) -> Result<(&CudaSlice<T>, &CudaSlice<T
 }
 
 pub(super) fn typed_buf<T: Elem>(b: &Option<Buf>) -> Result<&CudaSlice<T>> {
-    b.as_ref().and_then(T::get).ok_or_else(|| {
-        Error::Cuda(format!(
-            "KV cache buffer is missing or not {} (internal error)",
-            T::DTYPE.suffix()
-        ))
-    })
+    b.as_ref().and_then(T::get).ok_or_else(not_typed::<T>)
+}
+
+fn typed_mut<T: Elem>(own: &mut OwnKv) -> Result<(&mut CudaSlice<T>, &mut CudaSlice<T>)> {
+    let k = own
+        .k
+        .as_mut()
+        .and_then(T::get_mut)
+        .ok_or_else(not_typed::<T>)?;
+    let v = own
+        .v
+        .as_mut()
+        .and_then(T::get_mut)
+        .ok_or_else(not_typed::<T>)?;
+    Ok((k, v))
+}
+
+fn not_typed<T: Elem>() -> Error {
+    Error::internal(format!(
+        "KV cache buffer is missing or not {}",
+        T::DTYPE.suffix()
+    ))
 }
 
 pub(super) fn own_download<T: Elem>(
@@ -181,20 +197,21 @@ pub(super) fn own_download<T: Elem>(
     ))
 }
 
-/// The attention/append table of block `layer` over `caches`.
-pub(super) fn kv_table<T: Elem>(
-    dev: &Device,
-    caches: &[CudaKvCache],
+/// The attention/append table of block `layer` over `caches`, borrowing their buffers.
+pub(super) fn kv_table<'a, T: Elem>(
+    dev: &'a Device,
+    caches: &'a mut [CudaKvCache],
     layer: usize,
-) -> Result<KvTable<T>> {
-    let kv_dim = caches[0].kv_dim;
+) -> Result<KvTable<'a, T>> {
+    let kv_dim = caches.first().map_or(0, |c| c.kv_dim);
     let mut b = KvTable::<T>::builder(dev, kv_dim);
     for c in caches {
-        let (ok, ov) = typed::<T>(&c.own[layer])?;
+        let prefix_len = c.prefix_len[layer];
+        let (ok, ov) = typed_mut::<T>(&mut c.own[layer])?;
         match &c.prefix {
-            Some(p) if c.prefix_len[layer] > 0 => {
+            Some(p) if prefix_len > 0 => {
                 let (pk, pv) = typed::<T>(&p.own[layer])?;
-                b.row_with_prefix(pk, pv, c.prefix_len[layer], ok, ov)?;
+                b.row_with_prefix(pk, pv, prefix_len, ok, ov)?;
             }
             _ => {
                 b.row(ok, ov)?;

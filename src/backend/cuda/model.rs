@@ -346,18 +346,17 @@ impl<T: Elem> Ops for Typed<'_, T> {
             let need = cache.own[layer].len + len;
             cache.reserve::<T>(layer, need)?;
         }
-        let table = kv_table::<T>(dev, caches, layer)?;
-        let stride = q_at.stride;
-        // SAFETY: the table names the caches' buffers, which `caches` (borrowed for the
-        // whole call) keeps alive and unmoved; all work is ordered on the device's stream,
-        // and a buffer that is dropped later is freed in stream order.
-        unsafe { k::kv_append(dev, qkv, stride, k_at.offset, v_at.offset, batch, &table)? };
+        let shape = self.m.attn_shape();
+        {
+            let table = kv_table::<T>(dev, caches, layer)?;
+            let stride = q_at.stride;
+            k::kv_append(dev, qkv, stride, k_at.offset, v_at.offset, batch, &table)?;
+            k::attention(dev, qkv, q_at, batch, &table, &shape, out, Splits::Auto)?;
+        }
         for (cache, &(_, len)) in caches.iter_mut().zip(&plan.rows) {
             cache.own[layer].len += len;
         }
-        let shape = self.m.attn_shape();
-        // SAFETY: as for kv_append.
-        unsafe { k::attention(dev, qkv, q_at, batch, &table, &shape, out, Splits::Auto) }
+        Ok(())
     }
 
     fn gemm_input<'a>(

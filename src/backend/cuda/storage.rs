@@ -22,6 +22,7 @@ pub(super) trait Elem: CudaFloat + ValidAsZeroBits {
     fn from_f32(v: &[f32]) -> Vec<Self>;
     fn to_f32(v: Vec<Self>) -> Vec<f32>;
     fn get(b: &Buf) -> Option<&CudaSlice<Self>>;
+    fn get_mut(b: &mut Buf) -> Option<&mut CudaSlice<Self>>;
     fn wrap(s: CudaSlice<Self>) -> Buf;
     /// `x` as a GEMM input of this type: `x` itself in f32, else cast into `tmp`.
     fn gemm_input<'a>(
@@ -58,6 +59,12 @@ impl Elem for f32 {
             _ => None,
         }
     }
+    fn get_mut(b: &mut Buf) -> Option<&mut CudaSlice<Self>> {
+        match b {
+            Buf::F32(s) => Some(s),
+            _ => None,
+        }
+    }
     fn wrap(s: CudaSlice<Self>) -> Buf {
         Buf::F32(s)
     }
@@ -81,6 +88,12 @@ macro_rules! half_elem {
                 v.into_iter().map(<$t>::to_f32).collect()
             }
             fn get(b: &Buf) -> Option<&CudaSlice<Self>> {
+                match b {
+                    Buf::$variant(s) => Some(s),
+                    _ => None,
+                }
+            }
+            fn get_mut(b: &mut Buf) -> Option<&mut CudaSlice<Self>> {
                 match b {
                     Buf::$variant(s) => Some(s),
                     _ => None,

@@ -36,30 +36,32 @@ impl RowKv {
 /// table of device addresses (host copy kept for checks). Build it with
 /// [`KvTable::builder`].
 ///
-/// The table does not borrow the buffers it names: keeping them alive and unmoved while the
-/// table is used is the caller's job (hence `unsafe` on [`attention`] and [`kv_append`]).
-pub struct KvTable<T: CudaFloat> {
+/// The table borrows every buffer it names for `'a`: the rows' own buffers mutably (the
+/// KV append writes them), shared prefixes immutably. So they stay alive, unmoved and
+/// unused by anything else while the table exists; with all work ordered on the device's
+/// one stream, that is what makes [`kv_append`] and [`attention`] safe.
+pub struct KvTable<'a, T: CudaFloat> {
     host: Vec<RowKv>,
     dev: CudaSlice<RowKv>,
     kv_dim: usize,
-    _t: PhantomData<T>,
+    _bufs: PhantomData<&'a mut T>,
 }
 
-pub struct KvTableBuilder<'d, T: CudaFloat> {
-    dev: &'d Device,
+pub struct KvTableBuilder<'a, T: CudaFloat> {
+    dev: &'a Device,
     kv_dim: usize,
     rows: Vec<RowKv>,
-    _t: PhantomData<T>,
+    _bufs: PhantomData<&'a mut T>,
 }
 
-impl<T: CudaFloat> KvTable<T> {
+impl<'a, T: CudaFloat> KvTable<'a, T> {
     /// Rows of `kv_dim` = num_kv_heads * head_dim values.
-    pub fn builder(dev: &Device, kv_dim: usize) -> KvTableBuilder<'_, T> {
+    pub fn builder(dev: &'a Device, kv_dim: usize) -> KvTableBuilder<'a, T> {
         KvTableBuilder {
             dev,
             kv_dim,
             rows: Vec::new(),
-            _t: PhantomData,
+            _bufs: PhantomData,
         }
     }
 
@@ -72,8 +74,12 @@ impl<T: CudaFloat> KvTable<T> {
     }
 }
 
-impl<T: CudaFloat> KvTableBuilder<'_, T> {
-    fn own(&self, k: &impl DevicePtr<T>, v: &impl DevicePtr<T>) -> Result<(u64, u64, u32)> {
+impl<'a, T: CudaFloat> KvTableBuilder<'a, T> {
+    fn own(
+        &self,
+        k: &'a mut impl DevicePtrMut<T>,
+        v: &'a mut impl DevicePtrMut<T>,
+    ) -> Result<(u64, u64, u32)> {
         let kv = self.kv_dim;
         check(kv > 0 && k.len() == v.len() && k.len() % kv == 0, || {
             format!(
@@ -84,16 +90,16 @@ impl<T: CudaFloat> KvTableBuilder<'_, T> {
             )
         })?;
         let cap = u32::try_from(k.len() / kv)
-            .map_err(|_| Error::input("KV table: own buffer too long"))?;
+            .map_err(|_| Error::internal("KV table: own buffer too long"))?;
         let s = self.dev.stream();
-        Ok((k.device_ptr(s).0, v.device_ptr(s).0, cap))
+        Ok((k.device_ptr_mut(s).0, v.device_ptr_mut(s).0, cap))
     }
 
     /// A row with no prefix: its positions live in `own_k`/`own_v` ([capacity, kv_dim]).
     pub fn row(
         &mut self,
-        own_k: &impl DevicePtr<T>,
-        own_v: &impl DevicePtr<T>,
+        own_k: &'a mut impl DevicePtrMut<T>,
+        own_v: &'a mut impl DevicePtrMut<T>,
     ) -> Result<&mut Self> {
         let (own_k, own_v, own_cap) = self.own(own_k, own_v)?;
         self.rows.push(RowKv {
@@ -109,11 +115,11 @@ impl<T: CudaFloat> KvTableBuilder<'_, T> {
     /// (read only) and then its own buffers.
     pub fn row_with_prefix(
         &mut self,
-        prefix_k: &impl DevicePtr<T>,
-        prefix_v: &impl DevicePtr<T>,
+        prefix_k: &'a impl DevicePtr<T>,
+        prefix_v: &'a impl DevicePtr<T>,
         prefix_len: usize,
-        own_k: &impl DevicePtr<T>,
-        own_v: &impl DevicePtr<T>,
+        own_k: &'a mut impl DevicePtrMut<T>,
+        own_v: &'a mut impl DevicePtrMut<T>,
     ) -> Result<&mut Self> {
         let need = prefix_len * self.kv_dim;
         check(prefix_k.len() >= need && prefix_v.len() >= need, || {
@@ -126,7 +132,7 @@ impl<T: CudaFloat> KvTableBuilder<'_, T> {
             )
         })?;
         let prefix_len_u =
-            u32::try_from(prefix_len).map_err(|_| Error::input("KV table: prefix too long"))?;
+            u32::try_from(prefix_len).map_err(|_| Error::internal("KV table: prefix too long"))?;
         let (own_k, own_v, own_cap) = self.own(own_k, own_v)?;
         let s = self.dev.stream();
         self.rows.push(RowKv {
@@ -140,13 +146,13 @@ impl<T: CudaFloat> KvTableBuilder<'_, T> {
         Ok(self)
     }
 
-    pub fn build(&self) -> Result<KvTable<T>> {
+    pub fn build(&self) -> Result<KvTable<'a, T>> {
         check(!self.rows.is_empty(), || "KV table: no rows".into())?;
         Ok(KvTable {
             dev: self.dev.upload(&self.rows)?,
             host: self.rows.clone(),
             kv_dim: self.kv_dim,
-            _t: PhantomData,
+            _bufs: PhantomData,
         })
     }
 }
@@ -203,11 +209,11 @@ impl AttnBatch {
         let mut max_len = 0;
         for t in tokens {
             let (row, p) = (
-                u32::try_from(t.row).map_err(|_| Error::input("attention: row out of range"))?,
+                u32::try_from(t.row).map_err(|_| Error::internal("attention: row out of range"))?,
                 u32::try_from(t.pos)
                     .ok()
                     .filter(|&p| p < i32::MAX as u32)
-                    .ok_or_else(|| Error::input("attention: position out of range"))?,
+                    .ok_or_else(|| Error::internal("attention: position out of range"))?,
             );
             tok.extend([row, p]);
             pos.push(p);
@@ -291,12 +297,12 @@ fn check_shape(s: &AttnShape) -> Result<()> {
 fn check_rows<T: CudaFloat>(
     op: &str,
     batch: &AttnBatch,
-    kv: &KvTable<T>,
+    kv: &KvTable<'_, T>,
     append: bool,
 ) -> Result<()> {
     for (i, t) in batch.tokens.iter().enumerate() {
         let r = kv.host.get(t.row).ok_or_else(|| {
-            Error::input(format!(
+            Error::internal(format!(
                 "{op}: token {i} is in row {}, the KV table has {} rows",
                 t.row,
                 kv.host.len()
@@ -324,18 +330,14 @@ fn check_rows<T: CudaFloat>(
 /// Writes the new keys and values of `batch`'s tokens into their rows' own buffers: token
 /// t's K is `src[t * layout.stride + k_offset ..][..kv_dim]`, its V at `v_offset`, stored
 /// at own slot `pos - prefix_len` in the cache dtype. Twin: `KvCache::append` (src/kv.rs).
-///
-/// # Safety
-/// Every buffer named in `kv` must still be alive, unmoved and not used by other work
-/// while this runs; the rows' own buffers are written.
-pub unsafe fn kv_append<T: CudaFloat>(
+pub fn kv_append<T: CudaFloat>(
     dev: &Device,
     src: &impl DevicePtr<f32>,
     src_stride: usize,
     k_offset: usize,
     v_offset: usize,
     batch: &AttnBatch,
-    kv: &KvTable<T>,
+    kv: &KvTable<'_, T>,
 ) -> Result<()> {
     let kv_dim = kv.kv_dim;
     let n = batch.len();
@@ -362,7 +364,7 @@ pub unsafe fn kv_append<T: CudaFloat>(
         DType::F16 => "kv_append_f16",
         DType::BF16 => "kv_append_bf16",
     };
-    // SAFETY: sizes and slots checked above; the table's buffers per this fn's contract.
+    // SAFETY: sizes and slots checked above; the table borrows its buffers (see KvTable).
     unsafe {
         dev.launch(
             name,
@@ -388,17 +390,13 @@ pub enum Splits {
 /// (prefix, then own buffers, which must already hold this pass's keys: [`kv_append`]).
 /// `q` holds [tokens, num_heads * head_dim] at `q_layout` (RoPE applied); `out` is
 /// [tokens, num_heads, head_dim] f32. Twin: `cpu::attention::attention`.
-///
-/// # Safety
-/// Every buffer named in `kv` must still be alive, unmoved and not written by other work
-/// while this runs.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn attention<T: CudaFloat>(
+pub fn attention<T: CudaFloat>(
     dev: &Device,
     q: &impl DevicePtr<f32>,
     q_layout: RowLayout,
     batch: &AttnBatch,
-    kv: &KvTable<T>,
+    kv: &KvTable<'_, T>,
     shape: &AttnShape,
     out: &mut impl DevicePtrMut<f32>,
     splits: Splits,
@@ -488,8 +486,8 @@ pub unsafe fn attention<T: CudaFloat>(
     let mut a = args![
         qp, stride, offset, tp, tl, rp, op, pp, n_i, nh_i, nkv_i, hd_i, scale, tt_i, hc_i, sp_i
     ];
-    // SAFETY: sizes and cache ranges checked above; the table's buffers per this fn's
-    // contract. The argument list is kept in step with the kernel's C signature by hand.
+    // SAFETY: sizes and cache ranges checked above; the table borrows its buffers (see
+    // KvTable). The argument list is kept in step with the kernel's C signature by hand.
     unsafe {
         dev.launch(
             name,

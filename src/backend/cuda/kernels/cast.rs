@@ -16,7 +16,7 @@ pub fn cast<I: CudaFloat, O: CudaFloat>(
         (DType::F16, DType::F32) => "cast_f16_f32",
         (DType::BF16, DType::F32) => "cast_bf16_f32",
         (i, o) => {
-            return Err(Error::input(format!(
+            return Err(Error::internal(format!(
                 "cast: {} to {} is not supported (one side must be f32, the other f16 or bf16)",
                 i.suffix(),
                 o.suffix()

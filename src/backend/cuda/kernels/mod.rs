@@ -1,10 +1,10 @@
 //! Safe wrappers around the kernels in kernels/*.cu, one per kernel family. Each checks
-//! the buffer sizes against the shape it is given and fails with [`Error::Input`] instead
+//! the buffer sizes against the shape it is given and fails with [`Error::Internal`] instead
 //! of launching out of bounds; each names its CPU twin in [`crate::backend::cpu`].
 //!
 //! Buffers are anything cudarc can give a device pointer of (`CudaSlice`, `CudaView`,
 //! `CudaViewMut`), allocated on [`Device::stream`]. The two functions that go through a
-//! [`KvTable`] (raw cache pointers) are `unsafe`: see their Safety sections.
+//! [`KvTable`] (raw cache pointers) are safe because the table borrows what it points to.
 
 use super::device::Device;
 use super::{CudaFloat, DType};
@@ -85,7 +85,7 @@ fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
     if cond {
         Ok(())
     } else {
-        Err(Error::Input(msg()))
+        Err(Error::Internal(msg()))
     }
 }
 
