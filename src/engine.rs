@@ -4,10 +4,9 @@
 //! of `crate::model`, so every experiment runs unchanged on either; the CPU one is the
 //! reference the other is tested against.
 
-use crate::backend::cuda::CudaKvCache;
 use crate::config::Config;
 use crate::error::Result;
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvStore};
 use crate::request::{Output, Request};
 use crate::tokenizer::Tokenizer;
 use std::sync::Arc;
@@ -49,14 +48,8 @@ pub trait Engine {
     }
 }
 
-impl Cache for KvCache {
+impl<S: KvStore> Cache for KvCache<S> {
     fn fork(prefix: &Arc<Self>, lens: &[usize]) -> Result<Self> {
         KvCache::fork(prefix, lens)
-    }
-}
-
-impl Cache for CudaKvCache {
-    fn fork(prefix: &Arc<Self>, lens: &[usize]) -> Result<Self> {
-        CudaKvCache::fork(prefix, lens)
     }
 }

@@ -1,10 +1,11 @@
-//! The GPU KV cache of one sequence: its own keys and values per block, over a shared,
-//! read-only prefix it was forked from, and the tables the attention kernel reads.
+//! The GPU's KV store (the device buffers behind a [`CudaKvCache`]; the forks are
+//! `crate::kv`'s, shared with the CPU) and the tables the attention kernels read.
 
 use super::device::Device;
 use super::kernels::KvTable;
 use super::{cuda_err, DType};
 use crate::error::{Error, Result};
+use crate::kv::{KvCache, KvStore};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -20,83 +21,61 @@ pub(super) struct OwnKv {
     pub(super) cap: usize,
 }
 
-/// The device twin of [`crate::kv::KvCache`]: per block, the row's own K/V buffers
-/// ([capacity, kv_dim] in the model's weight dtype, grown by doubling), optionally after
-/// a read-only prefix shared with other caches through an `Arc` ([`CudaKvCache::fork`]).
-/// One prefix level only: a fork cannot be forked again.
-pub struct CudaKvCache {
+/// The GPU's store of one sequence: per block, its own K/V buffers ([capacity, kv_dim] in
+/// the model's weight dtype, grown by doubling).
+pub struct DeviceKv {
     pub(super) dev: Arc<Device>,
     pub(super) dtype: DType,
     pub(super) kv_dim: usize,
     pub(super) max_positions: usize,
-    pub(super) prefix: Option<Arc<CudaKvCache>>,
-    /// Per block: how many positions of `prefix` this cache sees.
-    pub(super) prefix_len: Vec<usize>,
-    pub(super) own: Vec<OwnKv>,
+    pub(super) layers: Vec<OwnKv>,
 }
+
+impl KvStore for DeviceKv {
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn len(&self, layer: usize) -> usize {
+        self.layers[layer].len
+    }
+
+    fn empty_like(&self) -> Self {
+        DeviceKv {
+            dev: self.dev.clone(),
+            dtype: self.dtype,
+            kv_dim: self.kv_dim,
+            max_positions: self.max_positions,
+            layers: (0..self.layers.len()).map(|_| OwnKv::default()).collect(),
+        }
+    }
+
+    /// The attention kernels read one prefix level (`RowKv` has one prefix pointer).
+    const NESTED_FORKS: bool = false;
+}
+
+/// The GPU KV cache of one sequence: [`KvCache`] over a [`DeviceKv`], with the same forks
+/// as the CPU's (one prefix level only: a fork cannot be forked again).
+pub type CudaKvCache = KvCache<DeviceKv>;
 
 impl std::fmt::Debug for CudaKvCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaKvCache")
-            .field("dtype", &self.dtype)
+            .field("dtype", &self.own.dtype)
             .field(
                 "lens",
                 &(0..self.num_layers())
                     .map(|l| self.len(l))
                     .collect::<Vec<_>>(),
             )
-            .field("forked", &self.prefix.is_some())
+            .field("forked", &self.is_fork())
             .finish()
     }
 }
 
 impl CudaKvCache {
-    pub fn num_layers(&self) -> usize {
-        self.own.len()
-    }
-
-    /// Number of cached positions in block `layer`.
-    pub fn len(&self, layer: usize) -> usize {
-        self.prefix_len[layer] + self.own[layer].len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        (0..self.num_layers()).all(|l| self.len(l) == 0)
-    }
-
     pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    /// Whether this cache sits on a shared prefix.
-    pub fn is_fork(&self) -> bool {
-        self.prefix.is_some()
-    }
-
-    /// A new cache that sees the first `lens[l]` positions of `self` in block l and appends
-    /// its own positions after them. Nothing is copied. `self` must not be a fork itself.
-    pub fn fork(self: &Arc<Self>, lens: &[usize]) -> Result<CudaKvCache> {
-        crate::plan::check_fork(self.as_ref(), lens)?;
-        if self.prefix.is_some() {
-            return Err(Error::input(
-                "fork: this GPU KV cache is itself a fork; the CUDA backend supports one \
-                 level of shared prefix only (fork the original cache instead)",
-            ));
-        }
-        Ok(CudaKvCache {
-            dev: self.dev.clone(),
-            dtype: self.dtype,
-            kv_dim: self.kv_dim,
-            max_positions: self.max_positions,
-            prefix: Some(Arc::clone(self)),
-            prefix_len: lens.to_vec(),
-            own: (0..self.num_layers()).map(|_| OwnKv::default()).collect(),
-        })
-    }
-
-    /// Fork seeing the first `len` positions of every block.
-    pub fn fork_at(self: &Arc<Self>, len: usize) -> Result<CudaKvCache> {
-        self.fork(&vec![len; self.num_layers()])
+        self.own.dtype
     }
 
     /// Keys and values of the `len(layer)` positions of block `layer` (prefix, then own),
@@ -105,19 +84,20 @@ impl CudaKvCache {
         let (mut ks, mut vs) = match &self.prefix {
             Some(p) if self.prefix_len[layer] > 0 => {
                 let (mut k, mut v) = p.keys_values(layer)?;
-                k.truncate(self.prefix_len[layer] * self.kv_dim);
-                v.truncate(self.prefix_len[layer] * self.kv_dim);
+                k.truncate(self.prefix_len[layer] * self.own.kv_dim);
+                v.truncate(self.prefix_len[layer] * self.own.kv_dim);
                 (k, v)
             }
             _ => (Vec::new(), Vec::new()),
         };
-        let own = &self.own[layer];
+        let store = &self.own;
+        let own = &store.layers[layer];
         if own.len > 0 {
-            let n = own.len * self.kv_dim;
-            let (k, v) = match self.dtype {
-                DType::F32 => own_download::<f32>(&self.dev, own, n)?,
-                DType::F16 => own_download::<f16>(&self.dev, own, n)?,
-                DType::BF16 => own_download::<bf16>(&self.dev, own, n)?,
+            let n = own.len * store.kv_dim;
+            let (k, v) = match store.dtype {
+                DType::F32 => own_download::<f32>(&store.dev, own, n)?,
+                DType::F16 => own_download::<f16>(&store.dev, own, n)?,
+                DType::BF16 => own_download::<bf16>(&store.dev, own, n)?,
             };
             ks.extend(k);
             vs.extend(v);
@@ -127,17 +107,18 @@ impl CudaKvCache {
 
     /// Makes room for `need` own positions in block `layer` (copying what is there).
     pub(super) fn reserve<T: Elem>(&mut self, layer: usize, need: usize) -> Result<()> {
-        let kv_dim = self.kv_dim;
-        let limit = self
+        let store = &mut self.own;
+        let kv_dim = store.kv_dim;
+        let limit = store
             .max_positions
             .saturating_sub(self.prefix_len[layer])
             .max(need);
-        let own = &mut self.own[layer];
+        let own = &mut store.layers[layer];
         if need <= own.cap {
             return Ok(());
         }
         let cap = need.max(2 * own.cap).max(16).min(limit);
-        let dev = &self.dev;
+        let dev = &store.dev;
         let mut k_new: CudaSlice<T> = dev.zeros(cap * kv_dim)?;
         let mut v_new: CudaSlice<T> = dev.zeros(cap * kv_dim)?;
         if own.len > 0 {
@@ -203,14 +184,14 @@ pub(super) fn kv_table<'a, T: Elem>(
     caches: &'a mut [CudaKvCache],
     layer: usize,
 ) -> Result<KvTable<'a, T>> {
-    let kv_dim = caches.first().map_or(0, |c| c.kv_dim);
+    let kv_dim = caches.first().map_or(0, |c| c.own.kv_dim);
     let mut b = KvTable::<T>::builder(dev, kv_dim);
     for c in caches {
         let prefix_len = c.prefix_len[layer];
-        let (ok, ov) = typed_mut::<T>(&mut c.own[layer])?;
+        let (ok, ov) = typed_mut::<T>(&mut c.own.layers[layer])?;
         match &c.prefix {
             Some(p) if prefix_len > 0 => {
-                let (pk, pv) = typed::<T>(&p.own[layer])?;
+                let (pk, pv) = typed::<T>(&p.own.layers[layer])?;
                 b.row_with_prefix(pk, pv, prefix_len, ok, ov)?;
             }
             _ => {

@@ -20,7 +20,7 @@ pub mod model;
 mod storage;
 
 pub use device::Device;
-pub use kv_cache::CudaKvCache;
+pub use kv_cache::{CudaKvCache, DeviceKv};
 pub use model::CudaModel;
 
 use crate::error::Error;

@@ -20,7 +20,8 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::{self, Norm, Ops, Proj};
-use crate::plan::{CacheShape, Plan};
+use crate::kv::KvCache;
+use crate::plan::Plan;
 use crate::request::{Output, Request};
 use crate::shape::{AttnShape, RowLayout};
 use crate::stream::WriteOp;
@@ -35,16 +36,6 @@ use super::storage::*;
 const GATHER_ROWS: usize = 65535;
 /// Rows of the LM head product per chunk, to bound the scratch for `LogitsAt::All`.
 const LOGIT_CHUNK: usize = 1024;
-
-impl CacheShape for CudaKvCache {
-    fn num_layers(&self) -> usize {
-        CudaKvCache::num_layers(self)
-    }
-
-    fn len(&self, layer: usize) -> usize {
-        CudaKvCache::len(self, layer)
-    }
-}
 
 /// Qwen2/Llama on one GPU. Build it from a loaded host [`CpuModel`] with [`CudaModel::new`].
 pub struct CudaModel {
@@ -123,17 +114,15 @@ impl CudaModel {
     /// An empty KV cache for one sequence of this model (nothing is allocated until the
     /// first pass).
     pub fn new_cache(&self) -> CudaKvCache {
-        CudaKvCache {
+        KvCache::from_store(DeviceKv {
             dev: self.dev.clone(),
             dtype: self.dtype,
             kv_dim: self.config.kv_dim(),
             max_positions: self.config.max_position_embeddings,
-            prefix: None,
-            prefix_len: vec![0; self.config.num_layers],
-            own: (0..self.config.num_layers)
+            layers: (0..self.config.num_layers)
                 .map(|_| OwnKv::default())
                 .collect(),
-        }
+        })
     }
 }
 
@@ -234,7 +223,7 @@ impl<T: Elem> Ops for Typed<'_, T> {
     /// The checks only a device cache needs; the rest is the shared [`Plan`].
     fn check_caches(&self, caches: &[CudaKvCache]) -> Result<()> {
         let m = self.m;
-        for (r, kv) in caches.iter().enumerate() {
+        for (r, kv) in caches.iter().map(|c| &c.own).enumerate() {
             if kv.kv_dim != m.config.kv_dim() {
                 return Err(Error::input(format!(
                     "row {r}: KV cache is for another model"
@@ -343,7 +332,7 @@ impl<T: Elem> Ops for Typed<'_, T> {
         let dev = self.dev();
         let [q_at, k_at, v_at] = self.qkv_layouts();
         for (cache, &(_, len)) in caches.iter_mut().zip(&plan.rows) {
-            let need = cache.own[layer].len + len;
+            let need = cache.own.layers[layer].len + len;
             cache.reserve::<T>(layer, need)?;
         }
         let shape = self.m.attn_shape();
@@ -354,7 +343,7 @@ impl<T: Elem> Ops for Typed<'_, T> {
             k::attention(dev, qkv, q_at, batch, &table, &shape, out, Splits::Auto)?;
         }
         for (cache, &(_, len)) in caches.iter_mut().zip(&plan.rows) {
-            cache.own[layer].len += len;
+            cache.own.layers[layer].len += len;
         }
         Ok(())
     }
