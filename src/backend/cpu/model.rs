@@ -144,10 +144,6 @@ impl Ops for CpuModel {
         &self.config
     }
 
-    fn check_caches(&self, _caches: &[KvCache]) -> Result<()> {
-        Ok(())
-    }
-
     fn embed(&self, ids: &[u32]) -> Result<Vec<f32>> {
         Ok(embedding::embedding(
             &self.embed,
