@@ -229,6 +229,9 @@ pub(crate) fn head_argmax<B: Ops>(
             bad.len()
         )));
     }
+    if final_normed.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut caches: Vec<_> = final_normed.iter().map(|_| new_cache()).collect();
     let rows = final_normed
         .into_iter()

@@ -87,6 +87,42 @@ fn single_prompt_logits_and_every_state_match() {
     }
 }
 
+/// `Engine::head_argmax` (the sweeps' predictions and every greedy step) picks the token
+/// transformers' logits rank first, wherever the top two are not within 1e-3.
+#[test]
+fn head_argmax_of_final_normed_states_is_the_reference_logits_argmax() {
+    for name in TINY_MODELS {
+        let (model, r) = load(name);
+        let ids = r.get("single.input_ids").ids();
+        let req = Request::tokens(vec![ids.clone()]).read(Site::FinalNorm, 0, Positions::All);
+        let out = model.forward(&mut [model.new_cache()], &req).unwrap();
+        let states: Vec<Vec<f32>> = (0..ids.len())
+            .map(|p| out.state(Site::FinalNorm, 0, p).unwrap().to_vec())
+            .collect();
+        let got = model.head_argmax(states).unwrap();
+        let mut checked = 0;
+        for (p, &token) in got.iter().enumerate() {
+            let logits = r.get("single.logits").row(p);
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            if logits[order[0]] - logits[order[1]] > 1e-3 {
+                assert_eq!(token as usize, order[0], "{name} position {p}");
+                checked += 1;
+            }
+        }
+        assert!(
+            checked * 2 > ids.len(),
+            "{name}: only {checked} clear positions"
+        );
+        assert_eq!(model.head_argmax(Vec::new()).unwrap(), Vec::<u32>::new());
+        let e = model
+            .head_argmax(vec![vec![0.0; 3]])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hidden size"), "{e}");
+    }
+}
+
 #[test]
 fn batched_rows_of_unequal_length_match_padded_reference() {
     for name in TINY_MODELS {
