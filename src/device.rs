@@ -44,6 +44,14 @@ pub enum DTypeSpec {
     Bf16,
 }
 
+impl FromStr for DTypeSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        <DTypeSpec as clap::ValueEnum>::from_str(s, true)
+            .map_err(|_| format!("unknown dtype {s:?}: use auto, f32, f16 or bf16"))
+    }
+}
+
 impl DTypeSpec {
     /// `auto`: bf16 for bf16 checkpoints on sm_80 and newer, else f16.
     pub fn resolve(self, model: &Model, dev: &Device) -> DType {
