@@ -9,7 +9,9 @@ use qwen_scope::{LogitsAt, Model, Positions, Request, Site, WriteOp};
 use serde_json::{json, Value};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).ok_or("usage: rust_writes SPEC.json")?;
+    let path = std::env::args()
+        .nth(1)
+        .ok_or("usage: rust_writes SPEC.json")?;
     let spec: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
     let model = Model::load(spec["model"].as_str().ok_or("model")?, None)?;
     let rows: Vec<Vec<u32>> = serde_json::from_value(spec["rows"].clone())?;

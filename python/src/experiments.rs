@@ -114,9 +114,7 @@ pub fn attributes<'py>(
     let progress = Progress::new(progress);
     let native = model.get();
     let result = run(py, None, || {
-        with_engine!(&native.loaded, |m| run_attributes(
-            m, settings, &progress
-        ))
+        with_engine!(&native.loaded, |m| run_attributes(m, settings, &progress))
     });
     let (records, layers, summaries) = progress.finish(result)?;
     let d = PyDict::new(py);
