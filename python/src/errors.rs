@@ -84,12 +84,14 @@ impl Progress {
         if raised.is_some() {
             return Err(Error::Input(STOPPED.into()));
         }
-        let Some(cb) = &self.callback else {
-            return Ok(());
-        };
+        // Ctrl-C is noticed here even without a callback: Python's signal handlers only
+        // run when some thread holds the GIL and asks
         let result = Python::attach(|py| {
             py.check_signals()?;
-            cb.call1(py, (phase, done, total)).map(|_| ())
+            match &self.callback {
+                Some(cb) => cb.call1(py, (phase, done, total)).map(|_| ()),
+                None => Ok(()),
+            }
         });
         if let Err(e) = result {
             *raised = Some(e);

@@ -136,3 +136,22 @@ def test_without_pandas_the_experiments_return_numpy_columns(qwen, monkeypatch):
     res = qwen.sweep(train=4, val=3, progress=False)
     assert isinstance(res.summary, dict) and isinstance(res.summary["surprisal"], np.ndarray)
     assert res.samples["method"].dtype == object and len(res.samples["pred"]) == 3 * 12
+
+
+def test_ctrl_c_stops_a_run_without_a_progress_bar(qwen):
+    """SIGINT while the engine works (GIL released) is raised at the next batch."""
+    import os
+    import signal
+
+    timer = threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    t = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        qwen.sweep(progress=False, batch=2)
+    timer.join()
+    stopped_after = time.time() - t
+    t = time.time()
+    qwen.sweep(progress=False, batch=2)
+    whole = time.time() - t
+    # without the check the run would finish and KeyboardInterrupt come after it
+    assert stopped_after < 0.5 * whole, (stopped_after, whole)
