@@ -296,6 +296,16 @@ class Model:
         out = self.forward(prompts, reads=list(names), logits="all")
         return out.logits, {n: out[n] for n in names}
 
+    def hidden_states(self, prompts: Prompts, writes: Any = ()):
+        """transformers' ``output_hidden_states=True``: (logits [rows, positions, vocab],
+        hidden [L + 1, rows, positions, hidden]) with hidden[0] the embedding output,
+        hidden[l + 1] the output of block l for l < L - 1, and hidden[L] the final-normed
+        state (transformers' last entry), for comparisons with it position by position."""
+        L = self.num_layers
+        sites = ["embed"] + [f"resid_post.{l}" for l in range(L - 1)] + ["final_norm"]
+        out = self.forward(prompts, reads=sites, writes=writes, logits="all")
+        return out.logits, np.stack([out.states[s] for s in sites])
+
     def generate(self, prompts: Prompts, max_new: int = 20, writes: Any = ()):
         """Greedy generation. ``writes`` patch the prompt pass, so the patch stays in the
         KV cache for every generated token. One prompt -> a Generation; a list -> a list."""

@@ -92,3 +92,16 @@ def test_greedy_generation_with_and_without_a_prompt_patch(tiny):
     assert patched.tokens == ref["generate_patched.new_tokens"].reshape(-1).tolist()
     assert patched.text == model.tokenizer.decode(patched.tokens)
     assert patched.tokens != plain[0].tokens, "the patch must change the continuation"
+
+
+def test_hidden_states_are_transformers_tuple(tiny):
+    model, ref = tiny
+    ids = ref["single.input_ids"].reshape(-1).tolist()
+    n, L = len(ids), model.num_layers
+    logits, hidden = model.hidden_states(ids)
+    assert hidden.shape == (L + 1, 1, n, model.config.hidden_size)
+    close(logits[0], ref["single.logits"].reshape(n, -1), "logits")
+    # transformers' tuple: embeddings, blocks 0..L-2, then the final-normed state
+    names = ["embed"] + [f"resid_post.{l}" for l in range(L - 1)] + ["final_norm"]
+    for i, site in enumerate(names):
+        close(hidden[i, 0], ref[f"single.{site}"].reshape(n, -1), f"hidden_states[{i}]")
