@@ -41,7 +41,8 @@ pub fn resolve(spec: &str, revision: Option<&str>) -> Result<ModelFiles> {
     if path.is_dir() {
         return from_folder(path);
     }
-    let looks_like_repo = spec.split('/').count() == 2 && !spec.starts_with('.') && !path.exists();
+    let looks_like_repo =
+        spec.split('/').count() == 2 && !spec.starts_with(['.', '/']) && !path.exists();
     if !looks_like_repo {
         return Err(Error::ModelNotFound(format!(
             "{spec} is neither a model folder nor a Hugging Face repo id (owner/name)"

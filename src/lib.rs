@@ -40,6 +40,7 @@
 pub mod backend;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod digest;
 pub mod engine;
 pub mod error;

@@ -2,13 +2,11 @@
 
 mod cli;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use qwen_scope::backend::cuda::{CudaModel, DType, Device};
-use qwen_scope::CpuModel;
+use qwen_scope::device::{DTypeSpec, DeviceSpec, Loaded};
+use qwen_scope::{with_engine, CpuModel};
 use std::path::PathBuf;
-use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -41,105 +39,12 @@ struct ModelArgs {
     dtype: DTypeSpec,
 }
 
-#[derive(Clone, Copy)]
-enum DeviceSpec {
-    Cpu,
-    Cuda(usize),
-    Auto,
-}
-
-impl FromStr for DeviceSpec {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "cpu" => Ok(DeviceSpec::Cpu),
-            "auto" => Ok(DeviceSpec::Auto),
-            "cuda" => Ok(DeviceSpec::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("unknown device {s:?}: use cpu, cuda, cuda:N or auto")),
-        }
-    }
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum DTypeSpec {
-    Auto,
-    F32,
-    F16,
-    Bf16,
-}
-
-impl DTypeSpec {
-    fn resolve(self, model: &CpuModel, dev: &Device) -> DType {
-        match self {
-            DTypeSpec::F32 => DType::F32,
-            DTypeSpec::F16 => DType::F16,
-            DTypeSpec::Bf16 => DType::BF16,
-            DTypeSpec::Auto => {
-                let bf16_checkpoint = model.config.dtype.as_deref() == Some("bfloat16");
-                if bf16_checkpoint && dev.compute_capability().0 >= 8 {
-                    DType::BF16
-                } else {
-                    DType::F16
-                }
-            }
-        }
-    }
-}
-
-/// A model on the backend the user chose.
-enum Loaded {
-    Cpu(CpuModel),
-    Cuda(CudaModel),
-}
-
-/// Runs `$body` with `$m` bound to the loaded model, whichever backend holds it.
-macro_rules! with_engine {
-    ($args:expr, |$m:ident| $body:expr) => {
-        match $args.load()? {
-            Loaded::Cpu(model) => {
-                let $m = &model;
-                $body
-            }
-            Loaded::Cuda(model) => {
-                let $m = &model;
-                $body
-            }
-        }
-    };
-}
-
 impl ModelArgs {
     fn load(&self) -> Result<Loaded> {
         let host = self.load_host()?;
-        let device = match self.device {
-            DeviceSpec::Cpu => {
-                if !matches!(self.dtype, DTypeSpec::Auto | DTypeSpec::F32) {
-                    bail!("--dtype applies to GPUs only: the CPU backend runs in f32");
-                }
-                return Ok(Loaded::Cpu(host));
-            }
-            DeviceSpec::Cuda(n) => Device::new(n)?,
-            DeviceSpec::Auto => match Device::new(0) {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("note: no usable GPU ({e}); running on the CPU in f32");
-                    return Ok(Loaded::Cpu(host));
-                }
-            },
-        };
-        let t = Instant::now();
-        let dtype = self.dtype.resolve(&host, &device);
-        let model = CudaModel::new(&host, Arc::new(device), dtype)?;
-        eprintln!(
-            "uploaded to {} in {:.2}s",
-            qwen_scope::Engine::describe(&model),
-            t.elapsed().as_secs_f64()
-        );
-        Ok(Loaded::Cuda(model))
+        Ok(Loaded::place(host, self.device, self.dtype, &mut |note| {
+            eprintln!("{note}")
+        })?)
     }
 
     /// The model's name and file fingerprints, for a results folder's run.json.
@@ -251,24 +156,28 @@ fn run(command: Command) -> Result<()> {
             prompt,
             out,
             top_k,
-        } => with_engine!(model, |m| cli::forward::forward(m, &prompt, &out, top_k)),
+        } => with_engine!(&model.load()?, |m| cli::forward::forward(
+            m, &prompt, &out, top_k
+        )),
         Command::Generate {
             model,
             prompt,
             max_new,
-        } => with_engine!(model, |m| cli::forward::generate(m, &prompt, max_new)),
+        } => with_engine!(&model.load()?, |m| cli::forward::generate(
+            m, &prompt, max_new
+        )),
         Command::Sweep { model, sweep } => {
             let run_model = model.run_model()?;
-            with_engine!(model, |m| cli::sweep::sweep(m, &run_model, &sweep))
+            with_engine!(&model.load()?, |m| cli::sweep::sweep(m, &run_model, &sweep))
         }
         Command::Attributes { model, attributes } => {
             let run_model = model.run_model()?;
-            with_engine!(model, |m| {
+            with_engine!(&model.load()?, |m| {
                 cli::attributes::attributes(m, &run_model, &attributes)
             })
         }
         Command::Inspect { model, inspect } => {
-            with_engine!(model, |m| cli::inspect::inspect(m, &inspect))
+            with_engine!(&model.load()?, |m| cli::inspect::inspect(m, &inspect))
         }
         Command::Bench {
             model,
@@ -276,7 +185,7 @@ fn run(command: Command) -> Result<()> {
             batch,
             decode,
             repeat,
-        } => with_engine!(model, |m| cli::bench::bench(
+        } => with_engine!(&model.load()?, |m| cli::bench::bench(
             m, tokens, batch, decode, repeat
         )),
     }

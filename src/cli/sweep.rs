@@ -1,13 +1,13 @@
 //! `qwen-scope sweep`: the next-token experiment (paper section 4.1) over every layer,
 //! with a resumable journal, CSV/JSON tables and plots.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use qwen_scope::data::{load_prompts, parse_lines, DEFAULT_PROMPTS};
 use qwen_scope::patchscope::mapping::{load_affines, save_affines, Affine};
-use qwen_scope::patchscope::next_token::{
-    fit_tuned_lens, lens_rows, run_sources, LensRows, NextToken, PhaseTimes, SampleResult,
-};
+use qwen_scope::patchscope::next_token::{PhaseTimes, SampleResult};
+pub use qwen_scope::patchscope::sweep::LensPositions;
+use qwen_scope::patchscope::sweep::{Sweep, SweepSettings};
 use qwen_scope::report::{journal::Journal, plot, summary};
 use qwen_scope::Engine;
 use std::path::{Path, PathBuf};
@@ -53,10 +53,19 @@ pub struct SweepArgs {
     pub reference: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LensPositions {
-    One,
-    All,
+impl SweepArgs {
+    fn settings(&self) -> SweepSettings {
+        SweepSettings {
+            train: self.train,
+            val: self.val,
+            seed: self.seed,
+            grid: self.grid,
+            target_prompt: self.target_prompt.clone(),
+            batch: self.batch,
+            lens_positions: self.lens_positions,
+            reference: self.reference,
+        }
+    }
 }
 
 pub fn sweep<E: Engine>(model: &E, run_model: &super::RunModel, a: &SweepArgs) -> Result<()> {
@@ -64,20 +73,7 @@ pub fn sweep<E: Engine>(model: &E, run_model: &super::RunModel, a: &SweepArgs) -
         Some(p) => load_prompts(p)?,
         None => parse_lines(DEFAULT_PROMPTS),
     };
-    let train = a.train.unwrap_or(prompts.len() / 2);
-    let val = a.val.unwrap_or(prompts.len().saturating_sub(train));
-    ensure!(
-        train > 0,
-        "--train must be at least 1 (the tuned lens needs training prompts)"
-    );
-    ensure!(val > 0, "--val must be at least 1");
-    ensure!(a.batch > 0, "--batch must be at least 1");
-    ensure!(
-        train + val <= prompts.len(),
-        "--train {train} + --val {val} needs {} prompts, the prompt set has {}",
-        train + val,
-        prompts.len()
-    );
+    let (train, val) = a.settings().split(prompts.len())?;
     let run = serde_json::json!({
         "experiment": "next_token",
         "model": run_model.record(),
@@ -95,26 +91,18 @@ pub fn sweep<E: Engine>(model: &E, run_model: &super::RunModel, a: &SweepArgs) -
     });
     super::prepare_out(&a.out, &run, "samples.jsonl", a.resume)?;
 
-    let encode = |range: std::ops::Range<usize>| -> Result<Vec<(usize, Vec<u32>)>> {
-        range
-            .map(|i| {
-                let t = model.tokenizer().encode(&prompts[i])?;
-                ensure!(!t.is_empty(), "prompt {i} has no tokens");
-                Ok((i, t))
-            })
-            .collect()
-    };
-    let train_set = encode(0..train)?;
-    let val_set = encode(train..train + val)?;
-    let tuned = tuned_lens(model, &train_set, a, &a.out.join("tuned_lens.safetensors"))?;
-    let experiment = NextToken::new(model, &a.target_prompt, tuned, a.grid)?;
+    let sweep = Sweep::new(model, &prompts, a.settings())?;
+    let tuned = tuned_lens(&sweep, a, &a.out.join("tuned_lens.safetensors"))?;
+    let experiment = sweep.experiment(tuned)?;
 
     let (mut journal, mut results) =
         Journal::open::<SampleResult>(&a.out.join("samples.jsonl"), !a.resume)?;
     let done: std::collections::HashSet<usize> = results.iter().map(|r| r.index).collect();
-    let todo: Vec<(usize, Vec<u32>)> = val_set
-        .into_iter()
+    let todo: Vec<(usize, Vec<u32>)> = sweep
+        .val_set
+        .iter()
         .filter(|(i, _)| !done.contains(i))
+        .cloned()
         .collect();
     if !done.is_empty() {
         eprintln!("resuming: {} of {val} samples already done", done.len());
@@ -122,22 +110,12 @@ pub fn sweep<E: Engine>(model: &E, run_model: &super::RunModel, a: &SweepArgs) -
     let bar = progress(todo.len(), "evaluating");
     let started = Instant::now();
     let mut times = PhaseTimes::default();
-    for chunk in todo.chunks(a.batch) {
-        let batch = if a.reference {
-            chunk
-                .iter()
-                .map(|(i, t)| experiment.evaluate_reference(*i, t, a.seed))
-                .collect::<qwen_scope::Result<Vec<_>>>()?
-        } else {
-            let t = Instant::now();
-            let sources = run_sources(model, chunk, a.seed)?;
-            times.sources += t.elapsed();
-            experiment.evaluate_timed(&sources, &mut times)?
-        };
+    sweep.evaluate(&experiment, &todo, &mut times, &mut |batch| {
         journal.append(&batch)?;
+        bar.inc(batch.len() as u64);
         results.extend(batch);
-        bar.inc(chunk.len() as u64);
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let cells_per_sample = results.first().map_or(0, |r| summary::cells(r).len());
@@ -173,40 +151,27 @@ fn report_phases(t: &PhaseTimes, samples: usize, num_layers: usize, grid: bool) 
 }
 
 /// Fits the tuned lens on the training prompts, or reloads the fit of the run being resumed.
-fn tuned_lens<E: Engine>(
-    model: &E,
-    train: &[(usize, Vec<u32>)],
-    a: &SweepArgs,
-    path: &Path,
-) -> Result<Vec<Affine>> {
+fn tuned_lens<E: Engine>(sweep: &Sweep<E>, a: &SweepArgs, path: &Path) -> Result<Vec<Affine>> {
     if a.resume && path.exists() {
         return Ok(load_affines(path)?);
     }
-    let bar = progress(train.len(), "tuned lens: training passes");
-    let every_position = a.lens_positions == LensPositions::All;
-    let mut rows = LensRows::new(model.num_layers());
-    for chunk in train.chunks(a.batch) {
-        rows.extend(lens_rows(model, chunk, a.seed, every_position)?);
-        bar.inc(chunk.len() as u64);
-    }
+    let bar = progress(sweep.train_set.len(), "tuned lens: training passes");
+    let fit = sweep.fit_lens(&mut |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
-    let n = rows.targets.len();
-    let unknowns = model.config().hidden_size + 1;
+    let (n, unknowns) = (fit.rows, fit.unknowns);
     if n < unknowns {
         eprintln!(
             "warning: the tuned lens is under-determined ({n} training rows for {unknowns} unknowns per output): \
              its fit interpolates the training rows; use more --train prompts or --lens-positions all"
         );
     }
-    let t = Instant::now();
-    let maps = fit_tuned_lens(&rows)?;
     eprintln!(
         "tuned lens: fitted {} affine maps on {n} rows in {:.1}s",
-        maps.len(),
-        t.elapsed().as_secs_f64()
+        fit.maps.len(),
+        fit.fit_time.as_secs_f64()
     );
-    save_affines(path, &maps)?;
-    Ok(maps)
+    save_affines(path, &fit.maps)?;
+    Ok(fit.maps)
 }
 
 fn write_reports<E: Engine>(

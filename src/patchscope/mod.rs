@@ -3,9 +3,12 @@
 //! and the official code: the layer-l representation is HF's `hidden_states[l + 1]`.
 
 pub mod attributes;
+pub mod extraction;
+pub mod inspect;
 pub mod mapping;
 pub mod next_token;
 pub mod relations;
+pub mod sweep;
 pub mod target;
 
 use crate::stream::Site;

@@ -1,5 +1,6 @@
 //! What a run leaves behind: a journal that survives interruption, CSV/JSON tables, plots.
 
+pub mod accuracy;
 pub mod journal;
 pub mod plot;
 pub mod summary;

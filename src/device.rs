@@ -1,0 +1,137 @@
+//! Choosing where a loaded model runs: `--device cpu|cuda|cuda:N|auto` and `--dtype`, the
+//! same rules for the CLI and the Python package, and [`Loaded`], the model on the chosen
+//! backend. Experiments are generic over [`Engine`](crate::Engine); [`with_engine!`]
+//! runs one on whichever backend holds the model.
+
+use crate::backend::cpu::CpuModel;
+use crate::backend::cuda::{CudaModel, DType, Device};
+use crate::error::{Error, Result};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where the pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+    /// GPU 0 when one is usable, else the CPU.
+    Auto,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "auto" => Ok(DeviceSpec::Auto),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("unknown device {s:?}: use cpu, cuda, cuda:N or auto")),
+        }
+    }
+}
+
+/// The weight type on a GPU (the residual stream and all accumulation stay f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DTypeSpec {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl FromStr for DTypeSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        <DTypeSpec as clap::ValueEnum>::from_str(s, true)
+            .map_err(|_| format!("unknown dtype {s:?}: use auto, f32, f16 or bf16"))
+    }
+}
+
+impl DTypeSpec {
+    /// `auto`: bf16 for bf16 checkpoints on sm_80 and newer, else f16.
+    pub fn resolve(self, model: &CpuModel, dev: &Device) -> DType {
+        match self {
+            DTypeSpec::F32 => DType::F32,
+            DTypeSpec::F16 => DType::F16,
+            DTypeSpec::Bf16 => DType::BF16,
+            DTypeSpec::Auto => {
+                let bf16_checkpoint = model.config.dtype.as_deref() == Some("bfloat16");
+                if bf16_checkpoint && dev.compute_capability().0 >= 8 {
+                    DType::BF16
+                } else {
+                    DType::F16
+                }
+            }
+        }
+    }
+}
+
+/// A model on the backend the user chose.
+pub enum Loaded {
+    Cpu(CpuModel),
+    Cuda(CudaModel),
+}
+
+impl Loaded {
+    /// Puts a loaded (host) model on `device`. `note` receives what a user should know:
+    /// why `auto` fell back to the CPU, and the upload time.
+    pub fn place(
+        host: CpuModel,
+        device: DeviceSpec,
+        dtype: DTypeSpec,
+        note: &mut dyn FnMut(String),
+    ) -> Result<Loaded> {
+        let device = match device {
+            DeviceSpec::Cpu => {
+                if !matches!(dtype, DTypeSpec::Auto | DTypeSpec::F32) {
+                    return Err(Error::Input(
+                        "--dtype applies to GPUs only: the CPU backend runs in f32".into(),
+                    ));
+                }
+                return Ok(Loaded::Cpu(host));
+            }
+            DeviceSpec::Cuda(n) => Device::new(n)?,
+            DeviceSpec::Auto => match Device::new(0) {
+                Ok(d) => d,
+                Err(e) => {
+                    note(format!(
+                        "note: no usable GPU ({e}); running on the CPU in f32"
+                    ));
+                    return Ok(Loaded::Cpu(host));
+                }
+            },
+        };
+        let t = Instant::now();
+        let dtype = dtype.resolve(&host, &device);
+        let model = CudaModel::new(&host, Arc::new(device), dtype)?;
+        note(format!(
+            "uploaded to {} in {:.2}s",
+            crate::Engine::describe(&model),
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(Loaded::Cuda(model))
+    }
+}
+
+/// Runs `$body` with `$m` bound to the model in `$loaded` (a `&Loaded`), whichever backend
+/// holds it: the body is compiled once per backend, so it can call generic experiments.
+#[macro_export]
+macro_rules! with_engine {
+    ($loaded:expr, |$m:ident| $body:expr) => {
+        match $loaded {
+            $crate::device::Loaded::Cpu(model) => {
+                let $m = model;
+                $body
+            }
+            $crate::device::Loaded::Cuda(model) => {
+                let $m = model;
+                $body
+            }
+        }
+    };
+}

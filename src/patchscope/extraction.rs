@@ -1,0 +1,148 @@
+//! Attribute extraction over relation files, as the CLI and the Python package both run
+//! it: the settings checked, the relations loaded, the rows to evaluate (after `limit`, and
+//! leaving out those already done) and their evaluation in batches, as records. Where the
+//! records go (a resumable journal, a DataFrame) is the caller's business; their
+//! per-relation accuracy is [`crate::report::accuracy`].
+
+use super::attributes::{parse_layers, Attributes, RowResult};
+use super::relations::{load_relation, AttributeRow, Relation};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The settings of a run (the CLI's flags of the same names).
+#[derive(Debug, Clone)]
+pub struct ExtractionSettings {
+    pub relations: Vec<PathBuf>,
+    /// Target prompt with the placeholder "x" (default: from each relation).
+    pub target: Option<String>,
+    /// Layer lists: all, 3, 0-5, 0,4,8-10, 0-23:4.
+    pub source_layers: String,
+    pub target_layers: String,
+    /// Greedy tokens generated per cell.
+    pub max_new: usize,
+    /// Evaluate rows the model gets wrong without patching too.
+    pub all_rows: bool,
+    /// Only the first N kept rows of each relation file.
+    pub limit: Option<usize>,
+    /// Rows evaluated together.
+    pub batch: usize,
+}
+
+/// One evaluated row of a relation: the journal's line and the Python package's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub relation: String,
+    #[serde(flatten)]
+    pub result: RowResult,
+}
+
+/// A row to evaluate: (relation name, row index in the relation, row).
+pub type Todo<'a> = (&'a str, usize, &'a AttributeRow);
+
+/// The experiment and its relation files, loaded and checked.
+pub struct Extraction<'m, E: Engine> {
+    pub exp: Attributes<'m, E>,
+    pub relations: Vec<Relation>,
+    pub settings: ExtractionSettings,
+}
+
+impl<'m, E: Engine> Extraction<'m, E> {
+    pub fn new(model: &'m E, settings: ExtractionSettings) -> Result<Self> {
+        let num_layers = model.num_layers();
+        let check = |ok: bool, msg: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::Input(msg.into()))
+            }
+        };
+        check(settings.max_new > 0, "--max-new must be at least 1")?;
+        check(settings.limit != Some(0), "--limit must be at least 1")?;
+        check(settings.batch > 0, "--batch must be at least 1")?;
+        let exp = Attributes::new(
+            model,
+            parse_layers(&settings.source_layers, num_layers)?,
+            parse_layers(&settings.target_layers, num_layers)?,
+            settings.max_new,
+            !settings.all_rows,
+        );
+        let relations = settings
+            .relations
+            .iter()
+            .map(|p| load_relation(p, settings.target.as_deref()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Extraction {
+            exp,
+            relations,
+            settings,
+        })
+    }
+
+    /// The rows of `relation` a run evaluates (the first `limit`), with their indices.
+    pub fn rows<'a>(
+        &self,
+        relation: &'a Relation,
+    ) -> impl Iterator<Item = (usize, &'a AttributeRow)> + 'a {
+        let limit = self.settings.limit.unwrap_or(usize::MAX);
+        relation.rows.iter().enumerate().take(limit)
+    }
+
+    /// Checks (and runs once) the target prompt of every row of `relation`, so a bad one
+    /// fails before any row is evaluated.
+    pub fn check_targets(&self, relation: &Relation) -> Result<()> {
+        for (_, row) in self.rows(relation) {
+            self.exp.target(&row.target).map_err(|e| {
+                Error::Input(format!(
+                    "relation {}, line {}: {e}",
+                    relation.name, row.line
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every row to evaluate, in file order, leaving out those in `done`.
+    pub fn todo(&self, done: &[Record]) -> Vec<Todo<'_>> {
+        self.relations
+            .iter()
+            .flat_map(|r| self.rows(r).map(move |(i, row)| (r.name.as_str(), i, row)))
+            .filter(|(name, i, _)| {
+                !done
+                    .iter()
+                    .any(|d| d.relation == *name && d.result.row == *i)
+            })
+            .collect()
+    }
+
+    /// Evaluates a batch of rows (their cells share generations).
+    pub fn evaluate(&self, chunk: &[Todo<'_>]) -> Result<Vec<Record>> {
+        let rows: Vec<(usize, &AttributeRow)> = chunk.iter().map(|&(_, i, row)| (i, row)).collect();
+        let results = self.exp.evaluate(&rows)?;
+        Ok(chunk
+            .iter()
+            .zip(results)
+            .map(|(&(name, _, _), result)| Record {
+                relation: name.to_string(),
+                result,
+            })
+            .collect())
+    }
+
+    /// Names a batch's rows for an error message.
+    pub fn describe(chunk: &[Todo<'_>]) -> String {
+        let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
+        format!(
+            "relation {} line {} .. relation {} line {}",
+            first.0, first.2.line, last.0, last.2.line
+        )
+    }
+
+    /// The (source layer, target layer) cells of the evaluated ones among `records`.
+    pub fn cells(&self, records: &[Record]) -> usize {
+        records.iter().filter(|r| r.result.evaluated).count()
+            * self.exp.source_layers.len()
+            * self.exp.target_layers.len()
+    }
+}

@@ -1,0 +1,172 @@
+//! The next-token sweep over a prompt set, as the CLI and the Python package both run it:
+//! the train/val split, the tuned-lens fit on the training prompts, and the batched
+//! evaluation of the others. Where results go (a resumable folder, a DataFrame) and how
+//! progress is shown is the caller's business: this module hands back records.
+
+use super::mapping::Affine;
+use super::next_token::{
+    fit_tuned_lens, lens_rows, run_sources, LensRows, NextToken, PhaseTimes, SampleResult,
+};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+
+/// Tuned-lens training rows: `One` seeded position per training prompt (the official
+/// code, which has 10k texts), or `All` positions (enough rows for a determined fit from
+/// a few hundred prompts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LensPositions {
+    One,
+    All,
+}
+
+/// The settings of a sweep (the CLI's flags of the same names).
+#[derive(Debug, Clone)]
+pub struct SweepSettings {
+    /// Training prompts (the first ones); default: half.
+    pub train: Option<usize>,
+    /// Evaluated prompts (the ones after the training prompts); default: the rest.
+    pub val: Option<usize>,
+    pub seed: u64,
+    pub grid: bool,
+    pub target_prompt: String,
+    pub batch: usize,
+    pub lens_positions: LensPositions,
+    pub reference: bool,
+}
+
+impl Default for SweepSettings {
+    fn default() -> Self {
+        SweepSettings {
+            train: None,
+            val: None,
+            seed: 42,
+            grid: false,
+            target_prompt: super::TOKEN_IDENTITY_PROMPT.to_string(),
+            batch: 16,
+            lens_positions: LensPositions::All,
+            reference: false,
+        }
+    }
+}
+
+impl SweepSettings {
+    /// The (train, val) counts for `prompts` prompts, checked.
+    pub fn split(&self, prompts: usize) -> Result<(usize, usize)> {
+        let train = self.train.unwrap_or(prompts / 2);
+        let val = self.val.unwrap_or(prompts.saturating_sub(train));
+        let fail = |msg: String| Err(Error::Input(msg));
+        if train == 0 {
+            return fail(
+                "--train must be at least 1 (the tuned lens needs training prompts)".into(),
+            );
+        }
+        if val == 0 {
+            return fail("--val must be at least 1".into());
+        }
+        if self.batch == 0 {
+            return fail("--batch must be at least 1".into());
+        }
+        if train + val > prompts {
+            return fail(format!(
+                "--train {train} + --val {val} needs {} prompts, the prompt set has {prompts}",
+                train + val
+            ));
+        }
+        Ok((train, val))
+    }
+}
+
+/// A fitted tuned lens and how well determined its fit was.
+pub struct LensFit {
+    pub maps: Vec<Affine>,
+    /// Training rows, and unknowns per output (hidden + 1): fewer rows than unknowns
+    /// means the fit interpolates the training rows.
+    pub rows: usize,
+    pub unknowns: usize,
+    /// The least-squares fit alone, after the training passes.
+    pub fit_time: std::time::Duration,
+}
+
+/// A sweep's prompts, tokenized and split.
+pub struct Sweep<'m, E: Engine> {
+    pub model: &'m E,
+    pub settings: SweepSettings,
+    /// (index in the prompt set, tokens)
+    pub train_set: Vec<(usize, Vec<u32>)>,
+    pub val_set: Vec<(usize, Vec<u32>)>,
+}
+
+impl<'m, E: Engine> Sweep<'m, E> {
+    /// Tokenizes the training and evaluated prompts (the first train + val of `prompts`).
+    pub fn new(model: &'m E, prompts: &[String], settings: SweepSettings) -> Result<Self> {
+        let (train, val) = settings.split(prompts.len())?;
+        let encode = |range: std::ops::Range<usize>| -> Result<Vec<(usize, Vec<u32>)>> {
+            range
+                .map(|i| {
+                    let t = model.tokenizer().encode(&prompts[i])?;
+                    if t.is_empty() {
+                        return Err(Error::Input(format!("prompt {i} has no tokens")));
+                    }
+                    Ok((i, t))
+                })
+                .collect()
+        };
+        Ok(Sweep {
+            model,
+            train_set: encode(0..train)?,
+            val_set: encode(train..train + val)?,
+            settings,
+        })
+    }
+
+    /// Fits the tuned lens on the training prompts; `progress(n)` after each batch of n.
+    pub fn fit_lens(&self, progress: &mut dyn FnMut(usize)) -> Result<LensFit> {
+        let model = self.model;
+        let every_position = self.settings.lens_positions == LensPositions::All;
+        let mut rows = LensRows::new(model.num_layers());
+        for chunk in self.train_set.chunks(self.settings.batch) {
+            rows.extend(lens_rows(model, chunk, self.settings.seed, every_position)?);
+            progress(chunk.len());
+        }
+        let t = std::time::Instant::now();
+        Ok(LensFit {
+            maps: fit_tuned_lens(&rows)?,
+            fit_time: t.elapsed(),
+            rows: rows.targets.len(),
+            unknowns: model.config().hidden_size + 1,
+        })
+    }
+
+    /// The experiment with its target prompt run once.
+    pub fn experiment(&self, tuned_lens: Vec<Affine>) -> Result<NextToken<'m, E>> {
+        let s = &self.settings;
+        NextToken::new(self.model, &s.target_prompt, tuned_lens, s.grid)
+    }
+
+    /// Evaluates `todo` (a part of `val_set`) batch by batch, handing each batch's results
+    /// to `on_batch` in order; the fast path adds its phase times to `times`.
+    pub fn evaluate(
+        &self,
+        experiment: &NextToken<'m, E>,
+        todo: &[(usize, Vec<u32>)],
+        times: &mut PhaseTimes,
+        on_batch: &mut dyn FnMut(Vec<SampleResult>) -> Result<()>,
+    ) -> Result<()> {
+        let seed = self.settings.seed;
+        for chunk in todo.chunks(self.settings.batch) {
+            let batch = if self.settings.reference {
+                chunk
+                    .iter()
+                    .map(|(i, t)| experiment.evaluate_reference(*i, t, seed))
+                    .collect::<Result<Vec<_>>>()?
+            } else {
+                let t = std::time::Instant::now();
+                let sources = run_sources(self.model, chunk, seed)?;
+                times.sources += t.elapsed();
+                experiment.evaluate_timed(&sources, times)?
+            };
+            on_batch(batch)?;
+        }
+        Ok(())
+    }
+}
