@@ -1,8 +1,9 @@
 //! What the patchscope layer and the CLI need from a backend: a forward pass over KV
 //! caches that can be forked, greedy generation, and the model's config and tokenizer.
-//! [`CpuModel`](crate::CpuModel) (f32) and [`CudaModel`](crate::backend::cuda::CudaModel) (one GPU) both implement it through the one pass
-//! of `crate::model`, so every experiment runs unchanged on either; the CPU one is the
-//! reference the other is tested against.
+//! [`CpuModel`](crate::CpuModel) (f32) and
+//! [`CudaModel`](crate::backend::cuda::CudaModel) (one GPU) both implement it through the
+//! one pass of `crate::model`, so every experiment runs unchanged on either; the CPU one
+//! is the reference the other is tested against.
 
 use crate::config::Config;
 use crate::error::Result;
