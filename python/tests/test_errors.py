@@ -143,15 +143,20 @@ def test_ctrl_c_stops_a_run_without_a_progress_bar(qwen):
     import os
     import signal
 
+    # a run of ~1,700 evaluated prompts in batches of 2 (~2 s here): long next to the
+    # 0.05 s before the signal and one batch after it, so a loaded machine cannot make a
+    # run that stops at its next batch look like one that finished
+    prompts = [l for l in (ROOT / "data/prompts.txt").read_text().splitlines() if l.strip()]
+    prompts = prompts * 6
     timer = threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     t = time.time()
     with pytest.raises(KeyboardInterrupt):
-        qwen.sweep(progress=False, batch=2)
+        qwen.sweep(prompts, train=20, progress=False, batch=2)
     timer.join()
     stopped_after = time.time() - t
     t = time.time()
-    qwen.sweep(progress=False, batch=2)
+    qwen.sweep(prompts, train=20, progress=False, batch=2)
     whole = time.time() - t
     # without the check the run would finish and KeyboardInterrupt come after it
     assert stopped_after < 0.5 * whole, (stopped_after, whole)
