@@ -309,26 +309,24 @@ struct SampleCols<'a> {
     surprisal: Vec<f64>,
 }
 
+/// Sets `d[name]` to one column: a value per record.
+fn column<'py, 'r, R, T: IntoPyObject<'py>>(
+    d: &Bound<'py, PyDict>,
+    name: &str,
+    records: &'r [R],
+    value: impl Fn(&'r R) -> T,
+) -> PyResult<()> {
+    d.set_item(name, records.iter().map(value).collect::<Vec<_>>())
+}
+
 fn summary_columns<'py>(py: Python<'py>, sum: &[LayerSummary]) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("method", sum.iter().map(|s| s.method).collect::<Vec<_>>())?;
-    d.set_item(
-        "source_layer",
-        sum.iter().map(|s| s.source_layer).collect::<Vec<_>>(),
-    )?;
-    d.set_item(
-        "target_layer",
-        sum.iter().map(|s| s.target_layer).collect::<Vec<_>>(),
-    )?;
-    d.set_item("samples", sum.iter().map(|s| s.samples).collect::<Vec<_>>())?;
-    d.set_item(
-        "precision_at_1",
-        sum.iter().map(|s| s.precision_at_1).collect::<Vec<_>>(),
-    )?;
-    d.set_item(
-        "surprisal",
-        sum.iter().map(|s| s.surprisal).collect::<Vec<_>>(),
-    )?;
+    column(&d, "method", sum, |s| s.method)?;
+    column(&d, "source_layer", sum, |s| s.source_layer)?;
+    column(&d, "target_layer", sum, |s| s.target_layer)?;
+    column(&d, "samples", sum, |s| s.samples)?;
+    column(&d, "precision_at_1", sum, |s| s.precision_at_1)?;
+    column(&d, "surprisal", sum, |s| s.surprisal)?;
     Ok(d)
 }
 
@@ -364,63 +362,17 @@ fn cells_columns<'py>(
 
 fn rows_columns<'py>(py: Python<'py>, records: &[Record]) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item(
-        "relation",
-        records
-            .iter()
-            .map(|r| r.relation.as_str())
-            .collect::<Vec<_>>(),
-    )?;
-    d.set_item(
-        "row",
-        records.iter().map(|r| r.result.row).collect::<Vec<_>>(),
-    )?;
-    d.set_item(
-        "line",
-        records.iter().map(|r| r.result.line).collect::<Vec<_>>(),
-    )?;
-    d.set_item(
-        "subject",
-        records
-            .iter()
-            .map(|r| r.result.subject.as_str())
-            .collect::<Vec<_>>(),
-    )?;
-    d.set_item(
-        "object",
-        records
-            .iter()
-            .map(|r| r.result.object.as_str())
-            .collect::<Vec<_>>(),
-    )?;
-    d.set_item(
-        "baseline",
-        records
-            .iter()
-            .map(|r| r.result.baseline.as_str())
-            .collect::<Vec<_>>(),
-    )?;
-    d.set_item(
-        "baseline_correct",
-        records
-            .iter()
-            .map(|r| r.result.baseline_correct)
-            .collect::<Vec<_>>(),
-    )?;
-    d.set_item(
-        "evaluated",
-        records
-            .iter()
-            .map(|r| r.result.evaluated)
-            .collect::<Vec<_>>(),
-    )?;
-    d.set_item(
-        "skipped",
-        records
-            .iter()
-            .map(|r| r.result.skipped.clone())
-            .collect::<Vec<_>>(),
-    )?;
+    column(&d, "relation", records, |r| r.relation.as_str())?;
+    column(&d, "row", records, |r| r.result.row)?;
+    column(&d, "line", records, |r| r.result.line)?;
+    column(&d, "subject", records, |r| r.result.subject.as_str())?;
+    column(&d, "object", records, |r| r.result.object.as_str())?;
+    column(&d, "baseline", records, |r| r.result.baseline.as_str())?;
+    column(&d, "baseline_correct", records, |r| {
+        r.result.baseline_correct
+    })?;
+    column(&d, "evaluated", records, |r| r.result.evaluated)?;
+    column(&d, "skipped", records, |r| r.result.skipped.clone())?;
     Ok(d)
 }
 

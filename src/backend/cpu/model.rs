@@ -124,6 +124,15 @@ impl CpuModel {
         [0, c.q_dim(), c.q_dim() + c.kv_dim()].map(|offset| RowLayout { stride, offset })
     }
 
+    /// The LM head's logits [rows, vocab] of final-normed states `xs` [rows, hidden].
+    fn head_logits(&self, xs: &[f32]) -> Vec<f32> {
+        let (hidden, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        let rows = xs.len() / hidden;
+        let mut y = vec![0.0; rows * vocab];
+        matmul::matmul_bt(xs, rows, hidden, self.lm_head(), vocab, &mut y);
+        y
+    }
+
     fn gather(&self, h: &[f32], rows: &[usize]) -> Vec<f32> {
         let d = self.config.hidden_size;
         rows.iter()
@@ -223,15 +232,9 @@ impl Ops for CpuModel {
         let kv_dim = c.kv_dim();
         let part = |at: RowLayout, t: usize| &qkv[t * at.stride + at.offset..][..kv_dim];
         for (r, &(first, len)) in plan.rows.iter().enumerate() {
-            let k: Vec<f32> = (first..first + len)
-                .flat_map(|t| part(k_at, t))
-                .copied()
-                .collect();
-            let v: Vec<f32> = (first..first + len)
-                .flat_map(|t| part(v_at, t))
-                .copied()
-                .collect();
-            caches[r].append(layer, &k, &v);
+            for t in first..first + len {
+                caches[r].append(layer, part(k_at, t), part(v_at, t));
+            }
         }
         let shape = AttnShape {
             num_heads: c.num_heads,
@@ -287,17 +290,7 @@ impl Ops for CpuModel {
     }
 
     fn logits(&self, h: &Vec<f32>, rows: &[usize]) -> Result<Vec<f32>> {
-        let (hidden, vocab) = (self.config.hidden_size, self.config.vocab_size);
-        let mut y = vec![0.0; rows.len() * vocab];
-        matmul::matmul_bt(
-            &self.gather(h, rows),
-            rows.len(),
-            hidden,
-            self.lm_head(),
-            vocab,
-            &mut y,
-        );
-        Ok(y)
+        Ok(self.head_logits(&self.gather(h, rows)))
     }
 
     /// Through the AMX screen where the CPU has one (see `head_argmax`), else from the
@@ -309,7 +302,7 @@ impl Ops for CpuModel {
         }
         let vocab = self.config.vocab_size;
         Ok(self
-            .logits(h, rows)?
+            .head_logits(&xs)
             .chunks_exact(vocab)
             .map(|l| logits::argmax(l) as u32)
             .collect())
