@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// CpuModel folder, or Hugging Face repo id (e.g. Qwen/Qwen2-0.5B).
+    /// Model folder, or Hugging Face repo id (e.g. Qwen/Qwen2-0.5B).
     #[arg(long)]
     model: String,
     /// Hub revision (branch, tag or commit) when --model is a repo id.
