@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The CUDA backend on the CPU, through the emulated driver and cuBLAS (emu/, built by
+# tools/cuda_emulator.sh): every test of tests/cuda_kernels.rs and tests/cuda_model.rs, the
+# Python package's CUDA tests, and `qwen-scope sweep --device cuda` in f32, f16 and bf16
+# against the CPU backend's sweep on the same input (tools/compare_summaries.py), on a tiny
+# fixture and on Qwen2.5-Coder-0.5B; then the cards the binary cannot serve must be refused
+# with a message, not a panic. .ci/run calls it after the main tests, in their environment
+# (NVCC, QWEN_SCOPE_REQUIRE_CUDA), so cargo reuses their build. Needs models/qwen2.5-coder-0.5b
+# (tools/get_model.sh qwen2.5-coder-0.5b) and, for the Python step, .venv-py with the package.
+# Takes about 3 minutes on 2 cores; the emulator says nothing about speed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-target/cuda-emulated}"
+model=models/qwen2.5-coder-0.5b
+[[ -f $model/config.json ]] || { echo "test_cuda_emulated: $model is missing: run tools/get_model.sh qwen2.5-coder-0.5b" >&2; exit 1; }
+
+emu="$(tools/cuda_emulator.sh | tail -1)"
+export LD_LIBRARY_PATH="$emu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export QWEN_SCOPE_EXPECT_GPU=1
+# Defaults: an H100 (sm_90, driver 13.0) with as many worker threads as cores.
+unset QWEN_SCOPE_EMU_CARD QWEN_SCOPE_EMU_CC QWEN_SCOPE_EMU_DRIVER
+
+step() { echo; echo "== $*"; }
+
+# qwen2_05b_parity compares with a transformers reference made by torch on the GPU
+# (tools/gpu_parity.py, tools/gpu-check.sh): no torch here, so it alone is left out.
+step "cuda tests (emulated H100)"
+cargo test --release --test cuda_kernels --test cuda_model -- --include-ignored \
+  --skip qwen2_05b_parity
+
+step "cuda tests again on an emulated T4 (sm_75, 15 GiB, driver 12.4)"
+QWEN_SCOPE_EMU_CARD=t4 cargo test --release --test cuda_model -- --include-ignored \
+  --skip qwen2_05b_parity
+
+bin=target/release/qwen-scope
+rm -rf "$out"
+mkdir -p "$out"
+sweep_vs_cpu() {  # NAME MODEL ARGS...
+  local name=$1 m=$2
+  shift 2
+  "$bin" sweep --model "$m" --device cpu --out "$out/$name-cpu" "$@" > "$out/$name-cpu.log" 2>&1 \
+    || { cat "$out/$name-cpu.log"; return 1; }
+  for dt in f32 f16 bf16; do
+    local t0=$SECONDS
+    "$bin" sweep --model "$m" --device cuda --dtype "$dt" --out "$out/$name-$dt" "$@" \
+      > "$out/$name-$dt.log" 2>&1 || { cat "$out/$name-$dt.log"; return 1; }
+    grep -q "cuda" "$out/$name-$dt/run.json" || { echo "$name $dt did not run on cuda" >&2; return 1; }
+    echo -n "$name, $((SECONDS - t0)) s: "
+    python3 tools/compare_summaries.py "$out/$name-cpu/summary.csv" "$out/$name-$dt/summary.csv" --dtype "$dt"
+  done
+}
+step "sweep --device cuda against the CPU: tiny-qwen2"
+sweep_vs_cpu tiny-qwen2 tests/fixtures/tiny-qwen2 --train 20 --val 10
+step "sweep --device cuda against the CPU: Qwen2.5-Coder-0.5B, 8 training and 4 evaluated prompts"
+sweep_vs_cpu qwen2.5-coder-0.5b "$model" --train 8 --val 4
+
+# Cards this binary has no code for (CUDA 13 builds start at sm_75) and a driver too old
+# for its PTX: a clear refusal naming the fix, a non-zero exit, no panic.
+refuses() {  # WHAT PATTERN ENV...
+  local what=$1 pattern=$2
+  shift 2
+  set +e
+  env "$@" "$bin" forward --model tests/fixtures/tiny-qwen2 --device cuda --prompt "Hi" \
+    --out "$out/refused.json" > "$out/refused.log" 2>&1
+  local rc=$?
+  set -e
+  if [[ $rc == 0 ]] || grep -q "panicked" "$out/refused.log" || ! grep -q "$pattern" "$out/refused.log"; then
+    echo "$what: expected a refusal matching '$pattern' (exit $rc):" >&2
+    cat "$out/refused.log" >&2
+    return 1
+  fi
+  echo "$what: refused (exit $rc): $(grep -m1 "$pattern" "$out/refused.log")"
+}
+step "cards this build cannot serve"
+sass="$(grep -o 'SASS: .*' target/release/build/qwen-scope-*/out/qwen_scope_kernels.txt | head -1)"
+echo "this build: $sass"
+if ! grep -q "sm_60" <<< "$sass"; then
+  refuses "P100 (sm_60)" "QWEN_SCOPE_CUDA_ARCHS=60" QWEN_SCOPE_EMU_CARD=p100
+fi
+refuses "a card only the PTX could serve (sm_130) with driver 12.4" "Update the NVIDIA driver" \
+  QWEN_SCOPE_EMU_CC=13.0 QWEN_SCOPE_EMU_DRIVER=12.4
+if [[ -x .venv-py/bin/python ]]; then
+  step "python/tests/test_cuda.py"
+  .venv-py/bin/python -m pytest -q python/tests/test_cuda.py
+else
+  echo "test_cuda_emulated: .venv-py is missing (.ci/run makes it): the Python CUDA tests need it" >&2
+  exit 1
+fi
+echo
+echo "test_cuda_emulated: all passed"
