@@ -123,23 +123,26 @@ FILE* log_file() {
     return f;
 }
 
+// One line per call, written at once so that lines of concurrent callers do not mix.
+void vline(FILE* f, const char* fmt, va_list ap) {
+    char buf[1024];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    fprintf(f, "cuda-emulator: %s\n", buf);
+}
+
 void logf(const char* fmt, ...) {
     FILE* f = log_file();
     if (!f) return;
     va_list ap;
     va_start(ap, fmt);
-    fprintf(f, "cuda-emulator: ");
-    vfprintf(f, fmt, ap);
-    fprintf(f, "\n");
+    vline(f, fmt, ap);
     va_end(ap);
 }
 
 void report(const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "cuda-emulator: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
+    vline(stderr, fmt, ap);
     va_end(ap);
 }
 

@@ -34,6 +34,9 @@ flags=(-std=c++17 -O2 -march=native -g -fPIC -fvisibility=hidden -fno-strict-ali
   emu/driver.cpp emu/exec.cpp emu/fatbin.cpp "$out.tmp/gen/kernels.cpp" -lpthread
 "$cxx" "${flags[@]}" -O3 -Iemu -shared -Wl,-soname,libcublas.so -o "$out.tmp/libcublas.so" \
   emu/cublas.cpp -L"$out.tmp" -l:libcuda.so -Wl,-rpath,'$ORIGIN' -lpthread
+# The emulator's own checks (tools/test_cuda_emulated.sh runs them on the build's fatbin).
+"$cxx" -std=c++17 -O2 -Iemu -o "$out.tmp/selftest" emu/selftest.cpp -L"$out.tmp" \
+  -l:libcuda.so -l:libcublas.so -Wl,-rpath,'$ORIGIN'
 # The versioned names cudarc also tries, so the emulator answers whichever it asks for.
 for n in libcuda.so.1 ; do ln -s libcuda.so "$out.tmp/$n"; done
 for n in libcublas.so.12 libcublas.so.13; do ln -s libcublas.so "$out.tmp/$n"; done

@@ -22,6 +22,9 @@ unset QWEN_SCOPE_EMU_CARD QWEN_SCOPE_EMU_CC QWEN_SCOPE_EMU_DRIVER
 
 step() { echo; echo "== $*"; }
 
+step "the emulator's self-test"
+"$emu/selftest" target/release/build/qwen-scope-*/out/qwen_scope_kernels.fatbin
+
 # qwen2_05b_parity compares with a transformers reference made by torch on the GPU
 # (tools/gpu_parity.py, tools/gpu-check.sh): no torch here, so it alone is left out.
 step "cuda tests (emulated H100)"
