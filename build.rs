@@ -1,5 +1,9 @@
 //! Compiles the CUDA kernels in kernels/*.cu into one fatbin that the crate embeds.
 //!
+//! Or embeds a fatbin made elsewhere: QWEN_SCOPE_FATBIN=path (tools/build_cu12.sh makes one
+//! with CUDA 12.4's NVRTC from PyPI for older drivers and GPUs, P100 and T4 on R550), with
+//! QWEN_SCOPE_FATBIN_COMPILER naming what made it; its architectures are read from it.
+//!
 //! The fatbin holds SASS for every GPU architecture the local nvcc can target from sm_60
 //! up (or the list in QWEN_SCOPE_CUDA_ARCHS, e.g. "75,80,90") plus PTX for the newest, so
 //! no JIT is needed on any listed GPU. All .cu files are compiled as one translation unit
@@ -36,6 +40,8 @@ fn main() {
         "CUDA_PATH",
         "PATH",
         "QWEN_SCOPE_CUDA_ARCHS",
+        "QWEN_SCOPE_FATBIN",
+        "QWEN_SCOPE_FATBIN_COMPILER",
         "QWEN_SCOPE_REQUIRE_CUDA",
         "CI",
     ] {
@@ -47,17 +53,21 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
 
-    match build(&manifest, &out_dir) {
+    let built = match env::var_os("QWEN_SCOPE_FATBIN").filter(|p| !p.is_empty()) {
+        Some(path) => prebuilt(Path::new(&path), &out_dir),
+        None => build(&manifest, &out_dir),
+    };
+    match built {
         Ok(Built {
-            nvcc_version,
-            archs,
+            compiler,
+            sass,
+            ptx,
         }) => {
-            let sass: Vec<String> = archs.iter().map(u32::to_string).collect();
-            let ptx = archs.iter().max().copied().unwrap_or(0);
+            let sass: Vec<String> = sass.iter().map(u32::to_string).collect();
             println!("cargo:rustc-cfg=qwen_scope_kernels");
             println!("cargo:rustc-env=QWEN_SCOPE_CUDA_SASS={}", sass.join(","));
             println!("cargo:rustc-env=QWEN_SCOPE_CUDA_PTX={ptx}");
-            println!("cargo:rustc-env=QWEN_SCOPE_NVCC_VERSION={nvcc_version}");
+            println!("cargo:rustc-env=QWEN_SCOPE_CUDA_COMPILER={compiler}");
         }
         Err(e) => {
             if strict {
@@ -80,8 +90,69 @@ fn main() {
 }
 
 struct Built {
-    nvcc_version: String,
-    archs: Vec<u32>,
+    /// What compiled the kernels, e.g. "nvcc 13.0.88" or "NVRTC 12.4".
+    compiler: String,
+    sass: Vec<u32>,
+    /// The PTX architecture (0: none).
+    ptx: u32,
+}
+
+/// Embeds the fatbin at `path` as it is, after reading which SASS and PTX it holds.
+fn prebuilt(path: &Path, out_dir: &Path) -> Result<Built, String> {
+    println!("cargo:rerun-if-changed={}", path.display());
+    let data = fs::read(path).map_err(|e| format!("QWEN_SCOPE_FATBIN={}: {e}", path.display()))?;
+    let (sass, ptx) = fatbin_archs(&data)
+        .map_err(|e| format!("QWEN_SCOPE_FATBIN={}: {e}", path.display()))?;
+    fs::write(out_dir.join(FATBIN), &data).map_err(|e| format!("cannot copy the fatbin: {e}"))?;
+    let _ = fs::remove_file(out_dir.join("qwen_scope_kernels.key"));
+    let compiler = env::var("QWEN_SCOPE_FATBIN_COMPILER").unwrap_or_else(|_| "a prebuilt fatbin".into());
+    let list: Vec<String> = sass.iter().map(|a| format!("sm_{a}")).collect();
+    let _ = fs::write(
+        out_dir.join("qwen_scope_kernels.txt"),
+        format!(
+            "{compiler} ({})\nSASS: {}\nPTX: {}\nfatbin: {} bytes\n",
+            path.display(),
+            list.join(" "),
+            if ptx > 0 { format!("compute_{ptx}") } else { "none".into() },
+            data.len()
+        ),
+    );
+    Ok(Built { compiler, sass, ptx })
+}
+
+/// The SASS architectures and the newest PTX architecture of a fatbin container: a 16-byte
+/// header (magic 0xBA55ED50, u16 version, u16 header size, u64 size), then entries of a u16
+/// kind (1 PTX, 2 ELF), u32 header size and u64 payload size at 4 and 8, the architecture
+/// as u32 at 28 (docs/CUDA.md).
+fn fatbin_archs(data: &[u8]) -> Result<(Vec<u32>, u32), String> {
+    let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at = |o: usize| data.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    if u32_at(0) != Some(0xBA55_ED50) {
+        return Err("not a fatbin (no 0xBA55ED50 magic)".into());
+    }
+    let header = u16_at(6).unwrap_or(0) as usize;
+    let end = header + u64_at(8).unwrap_or(0) as usize;
+    let (mut sass, mut ptx, mut at) = (Vec::new(), 0, header);
+    while at + 32 <= end.min(data.len()) {
+        let (Some(kind), Some(eh), Some(size), Some(arch)) =
+            (u16_at(at), u32_at(at + 4), u64_at(at + 8), u32_at(at + 28))
+        else {
+            break;
+        };
+        match kind {
+            1 => ptx = ptx.max(arch),
+            2 => sass.push(arch),
+            _ => {}
+        }
+        at += eh as usize + size as usize;
+    }
+    sass.sort_unstable();
+    sass.dedup();
+    if sass.is_empty() && ptx == 0 {
+        return Err("the fatbin holds no SASS or PTX".into());
+    }
+    Ok((sass, ptx))
 }
 
 fn build(manifest: &Path, out_dir: &Path) -> Result<Built, String> {
@@ -142,8 +213,9 @@ fn build(manifest: &Path, out_dir: &Path) -> Result<Built, String> {
     let key_file = out_dir.join("qwen_scope_kernels.key");
     if fatbin.is_file() && fs::read_to_string(&key_file).is_ok_and(|k| k == key) {
         return Ok(Built {
-            nvcc_version,
-            archs,
+            compiler: format!("nvcc {nvcc_version}"),
+            sass: archs,
+            ptx: newest,
         });
     }
     let _ = fs::remove_file(&key_file);
@@ -187,8 +259,9 @@ fn build(manifest: &Path, out_dir: &Path) -> Result<Built, String> {
         ),
     );
     Ok(Built {
-        nvcc_version,
-        archs,
+        compiler: format!("nvcc {nvcc_version}"),
+        sass: archs,
+        ptx: newest,
     })
 }
 

@@ -730,8 +730,16 @@ API CUresult cuModuleLoadData(void** module, const void* image) {
             sass = &i;
         if (i.ptx && i.arch <= sm && (!ptx || i.arch > ptx->arch)) ptx = &i;
     }
+    if (sass && sass->elf_abi >= 8 && c.driver < 13000) {
+        // CUDA 13 writes cubins of ELF ABI 8 and needs an R580 (CUDA 13.0) driver. What an
+        // older driver answers is not measured here: it is modelled as an invalid image.
+        report("cuModuleLoadData: the sm_%u SASS is a CUDA 13 cubin (ELF ABI %u), which driver "
+               "%d.%d predates", sass->arch, sass->elf_abi, c.driver / 1000,
+               c.driver % 1000 / 10);
+        return CUDA_ERROR_INVALID_IMAGE;
+    }
     if (sass) {
-        logf("cuModuleLoadData: SASS sm_%u for sm_%u", sass->arch, sm);
+        logf("cuModuleLoadData: SASS sm_%u (ELF ABI %u) for sm_%u", sass->arch, sass->elf_abi, sm);
     } else if (ptx) {
         const unsigned isa = max_ptx_isa(c.driver);
         if (ptx->ptx_isa > isa) {

@@ -47,6 +47,10 @@ bool parse_fatbin(const void* image, std::vector<FatbinImage>& out, std::string&
             img.compressed = (read<uint32_t>(e + 40) & 0x8000u) != 0;
             img.payload = e + eh;
             img.size = padded;
+            img.elf_abi = !img.ptx && !img.compressed && padded > 8 &&
+                                  !memcmp(img.payload, "\x7f" "ELF", 4)
+                              ? img.payload[8]
+                              : 0;
             out.push_back(img);
         }
         e += eh + padded;

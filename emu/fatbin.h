@@ -14,6 +14,7 @@ struct FatbinImage {
     unsigned arch;    // e.g. 75 for sm_75 / compute_75
     unsigned ptx_isa; // PTX only: ISA version as major * 10 + minor (e.g. 90 for 9.0)
     bool compressed;
+    unsigned elf_abi;  // SASS only: the cubin's ELF ABI version (8 from CUDA 13 on, 7 before)
     const uint8_t* payload;
     size_t size;
 };

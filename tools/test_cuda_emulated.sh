@@ -31,8 +31,8 @@ step "cuda tests (emulated H100)"
 cargo test --release --test cuda_kernels --test cuda_model -- --include-ignored \
   --skip qwen2_05b_parity
 
-step "cuda tests again on an emulated T4 (sm_75, 15 GiB, driver 12.4)"
-QWEN_SCOPE_EMU_CARD=t4 cargo test --release --test cuda_model -- --include-ignored \
+step "cuda tests again on an emulated T4 (sm_75, 15 GiB) with an R580 driver (CUDA 13.0)"
+QWEN_SCOPE_EMU_CARD=t4 QWEN_SCOPE_EMU_DRIVER=13.0 cargo test --release --test cuda_model -- --include-ignored \
   --skip qwen2_05b_parity
 
 bin=target/release/qwen-scope
@@ -80,8 +80,8 @@ echo "this build: $sass"
 if ! grep -q "sm_60" <<< "$sass"; then
   refuses "P100 (sm_60)" "QWEN_SCOPE_CUDA_ARCHS=60" QWEN_SCOPE_EMU_CARD=p100
 fi
-refuses "a card only the PTX could serve (sm_130) with driver 12.4" "Update the NVIDIA driver" \
-  QWEN_SCOPE_EMU_CC=13.0 QWEN_SCOPE_EMU_DRIVER=12.4
+refuses "a T4 with driver 12.4 (R550, Colab)" "tools/build_cu12.sh" QWEN_SCOPE_EMU_CARD=t4
+refuses "a card only the PTX could serve (sm_130)" "QWEN_SCOPE_CUDA_ARCHS=130" QWEN_SCOPE_EMU_CC=13.0
 if [[ -x .venv-py/bin/python ]]; then
   step "python/tests/test_cuda.py"
   .venv-py/bin/python -m pytest -q python/tests/test_cuda.py
@@ -89,5 +89,27 @@ else
   echo "test_cuda_emulated: .venv-py is missing (.ci/run makes it): the Python CUDA tests need it" >&2
   exit 1
 fi
+
+# Last, as it rebuilds target/release/qwen-scope: the build for older cards and drivers.
+step "the CUDA 12.4 build (tools/build_cu12.sh) on an emulated P100 (sm_60) and T4, driver 12.4"
+QWEN_SCOPE_CUDA_ARCHS=60,75 tools/build_cu12.sh --bin qwen-scope
+grep -q "NVRTC 12.4" target/release/build/qwen-scope-*/out/qwen_scope_kernels.txt
+for card in p100 t4; do
+  for dt in f32 f16; do
+    QWEN_SCOPE_EMU_CARD=$card "$bin" sweep --model tests/fixtures/tiny-qwen2 --device cuda \
+      --dtype $dt --train 20 --val 10 --out "$out/cu12-$card-$dt" > "$out/cu12-$card-$dt.log" 2>&1 \
+      || { cat "$out/cu12-$card-$dt.log"; exit 1; }
+    grep -q "(emulated)" "$out/cu12-$card-$dt.log" || grep -q "cuda" "$out/cu12-$card-$dt/run.json"
+    echo -n "cu12 build on $card: "
+    python3 tools/compare_summaries.py "$out/tiny-qwen2-cpu/summary.csv" \
+      "$out/cu12-$card-$dt/summary.csv" --dtype $dt
+  done
+done
+QWEN_SCOPE_EMU_CARD=p100 "$bin" sweep --model "$model" --device cuda --dtype f16 --train 8 --val 4 \
+  --out "$out/cu12-p100-qwen" > "$out/cu12-p100-qwen.log" 2>&1 || { cat "$out/cu12-p100-qwen.log"; exit 1; }
+echo -n "cu12 build on p100, Qwen2.5-Coder-0.5B: "
+python3 tools/compare_summaries.py "$out/qwen2.5-coder-0.5b-cpu/summary.csv" \
+  "$out/cu12-p100-qwen/summary.csv" --dtype f16
+refuses "the CUDA 12.4 build on an sm_50 card" "QWEN_SCOPE_CUDA_ARCHS=50" QWEN_SCOPE_EMU_CC=5.0
 echo
 echo "test_cuda_emulated: all passed"

@@ -40,8 +40,8 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
         "cuda_kernels",
         qwen_scope::backend::cuda::kernels_embedded(),
     )?;
-    if let Some((nvcc, sass, ptx)) = qwen_scope::backend::cuda::kernel_build_info() {
-        d.set_item("nvcc", nvcc)?;
+    if let Some((compiler, sass, ptx)) = qwen_scope::backend::cuda::kernel_build_info() {
+        d.set_item("compiler", compiler)?;
         d.set_item("sass", sass)?;
         d.set_item("ptx", ptx)?;
     }

@@ -98,6 +98,20 @@ pub fn arch_supported(cc: (u32, u32), sass: &[u32], ptx: u32) -> bool {
     sass.iter().any(|&a| a / 10 == major && a % 10 <= minor) || (ptx != 0 && ptx <= sm)
 }
 
+/// The CUDA major version of the toolkit named in `compiler` ("nvcc 13.0.88" -> 13).
+fn toolkit_major(compiler: &str) -> Option<i32> {
+    compiler
+        .split_whitespace()
+        .find_map(|w| w.split('.').next()?.parse().ok())
+}
+
+/// True when a driver of CUDA version `driver` (e.g. 12040) is older than the toolkit that
+/// built the kernels: CUDA 13's code needs a CUDA 13 driver (R580), so a CUDA 13 build
+/// cannot serve the R550 drivers of Colab's T4s.
+fn driver_too_old(compiler: &str, driver: i32) -> bool {
+    toolkit_major(compiler).is_some_and(|m| m >= 13 && driver < m * 1000)
+}
+
 /// True when only PTX (no SASS) can serve `cc`.
 fn needs_jit(cc: (u32, u32), sass: &[u32]) -> bool {
     !sass.iter().any(|&a| a / 10 == cc.0 && a % 10 <= cc.1)
@@ -141,7 +155,7 @@ impl Device {
                 }
             )));
         }
-        let Some((nvcc, sass, ptx)) = super::kernel_build_info() else {
+        let Some((compiler, sass, ptx)) = super::kernel_build_info() else {
             return Err(Error::Cuda(REBUILD_HINT.into()));
         };
         let image = fatbin().ok_or_else(|| Error::Cuda(REBUILD_HINT.into()))?;
@@ -161,11 +175,21 @@ impl Device {
         };
         if !arch_supported(cc, &sass, ptx) {
             return Err(Error::Cuda(format!(
-                "{name} is sm_{major}{minor}, but the embedded kernels (nvcc {nvcc}) have SASS \
+                "{name} is sm_{major}{minor}, but the embedded kernels ({compiler}) have SASS \
                  for {} and PTX for compute_{ptx} only. Rebuild with \
-                 QWEN_SCOPE_CUDA_ARCHS={major}{minor} cargo build --release, with an nvcc that \
-                 supports sm_{major}{minor} (CUDA 13 starts at sm_75; use CUDA 12 for sm_60/70)",
+                 QWEN_SCOPE_CUDA_ARCHS={major}{minor} cargo build --release, with a compiler \
+                 that supports sm_{major}{minor} (CUDA 13 starts at sm_75: for sm_60/sm_70 run \
+                 tools/build_cu12.sh, or use a CUDA 12 nvcc; docs/CUDA.md)",
                 sass_list()
+            )));
+        }
+        if driver_too_old(compiler, drv) {
+            return Err(Error::Cuda(format!(
+                "{name} has driver {}, but the embedded kernels were built by {compiler}, whose \
+                 code needs a CUDA {}.0 driver (R580 or newer). Update the NVIDIA driver, or \
+                 rebuild for older drivers with tools/build_cu12.sh (CUDA 12.4; docs/CUDA.md)",
+                version_str(drv),
+                toolkit_major(compiler).unwrap_or(13)
             )));
         }
 
@@ -182,7 +206,7 @@ impl Device {
                 {
                     Error::Cuda(format!(
                         "loading the kernels on {name} (sm_{major}{minor}) needs the driver to \
-                         JIT-compile PTX from nvcc {nvcc}, and driver {} cannot ({e:?}). \
+                         JIT-compile PTX from {compiler}, and driver {} cannot ({e:?}). \
                          Update the NVIDIA driver, or rebuild with \
                          QWEN_SCOPE_CUDA_ARCHS={major}{minor} so the binary carries SASS for \
                          this GPU",
@@ -190,7 +214,7 @@ impl Device {
                     ))
                 } else {
                     Error::Cuda(format!(
-                        "loading the kernels (nvcc {nvcc}, SASS {}) on {name} (sm_{major}{minor}, \
+                        "loading the kernels ({compiler}, SASS {}) on {name} (sm_{major}{minor}, \
                          driver {}) failed: {e:?}",
                         sass_list(),
                         version_str(drv)
@@ -379,5 +403,15 @@ mod tests {
         assert!(needs_jit((13, 0), &sass));
         assert!(!needs_jit((8, 9), &sass));
         assert!(!arch_supported((7, 5), &[80], 0));
+    }
+
+    #[test]
+    fn cuda13_kernels_need_a_cuda13_driver() {
+        assert_eq!(toolkit_major("nvcc 13.0.88"), Some(13));
+        assert_eq!(toolkit_major("NVRTC 12.4"), Some(12));
+        assert!(driver_too_old("nvcc 13.0.88", 12040));
+        assert!(!driver_too_old("nvcc 13.0.88", 13000));
+        assert!(!driver_too_old("NVRTC 12.4", 12040));
+        assert!(!driver_too_old("a prebuilt fatbin", 12040));
     }
 }

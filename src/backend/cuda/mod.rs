@@ -6,7 +6,8 @@
 //! caches and GEMM inputs may be f32, f16 or bf16 ([`CudaFloat`]).
 //!
 //! The kernels (kernels/*.cu) are compiled by build.rs into one fatbin embedded in the
-//! binary. A build made without nvcc has none: [`Device::new`] then fails with a message
+//! binary (or build.rs embeds one made by tools/build_cu12.sh). A build made without nvcc
+//! has none: [`Device::new`] then fails with a message
 //! saying how to rebuild, and [`kernels_embedded`] is false.
 //!
 //! All work goes to the device's one stream ([`Device::stream`]), so launches are ordered;
@@ -72,8 +73,9 @@ pub fn kernels_embedded() -> bool {
     cfg!(qwen_scope_kernels)
 }
 
-/// How the embedded kernels were built: nvcc version, SASS architectures and the PTX
-/// architecture, e.g. ("13.0.88", [75, 80, ...], 121). None in a CPU-only build.
+/// How the embedded kernels were built: the compiler, SASS architectures and the PTX
+/// architecture (0: none), e.g. ("nvcc 13.0.88", [75, 80, ...], 121) or
+/// ("NVRTC 12.4", [60, 75], 75). None in a CPU-only build.
 pub fn kernel_build_info() -> Option<(&'static str, Vec<u32>, u32)> {
     #[cfg(qwen_scope_kernels)]
     {
@@ -82,7 +84,7 @@ pub fn kernel_build_info() -> Option<(&'static str, Vec<u32>, u32)> {
             .filter_map(|s| s.parse().ok())
             .collect();
         let ptx = env!("QWEN_SCOPE_CUDA_PTX").parse().unwrap_or(0);
-        Some((env!("QWEN_SCOPE_NVCC_VERSION"), sass, ptx))
+        Some((env!("QWEN_SCOPE_CUDA_COMPILER"), sass, ptx))
     }
     #[cfg(not(qwen_scope_kernels))]
     {
