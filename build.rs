@@ -101,11 +101,12 @@ struct Built {
 fn prebuilt(path: &Path, out_dir: &Path) -> Result<Built, String> {
     println!("cargo:rerun-if-changed={}", path.display());
     let data = fs::read(path).map_err(|e| format!("QWEN_SCOPE_FATBIN={}: {e}", path.display()))?;
-    let (sass, ptx) = fatbin_archs(&data)
-        .map_err(|e| format!("QWEN_SCOPE_FATBIN={}: {e}", path.display()))?;
+    let (sass, ptx) =
+        fatbin_archs(&data).map_err(|e| format!("QWEN_SCOPE_FATBIN={}: {e}", path.display()))?;
     fs::write(out_dir.join(FATBIN), &data).map_err(|e| format!("cannot copy the fatbin: {e}"))?;
     let _ = fs::remove_file(out_dir.join("qwen_scope_kernels.key"));
-    let compiler = env::var("QWEN_SCOPE_FATBIN_COMPILER").unwrap_or_else(|_| "a prebuilt fatbin".into());
+    let compiler =
+        env::var("QWEN_SCOPE_FATBIN_COMPILER").unwrap_or_else(|_| "a prebuilt fatbin".into());
     let list: Vec<String> = sass.iter().map(|a| format!("sm_{a}")).collect();
     let _ = fs::write(
         out_dir.join("qwen_scope_kernels.txt"),
@@ -113,11 +114,19 @@ fn prebuilt(path: &Path, out_dir: &Path) -> Result<Built, String> {
             "{compiler} ({})\nSASS: {}\nPTX: {}\nfatbin: {} bytes\n",
             path.display(),
             list.join(" "),
-            if ptx > 0 { format!("compute_{ptx}") } else { "none".into() },
+            if ptx > 0 {
+                format!("compute_{ptx}")
+            } else {
+                "none".into()
+            },
             data.len()
         ),
     );
-    Ok(Built { compiler, sass, ptx })
+    Ok(Built {
+        compiler,
+        sass,
+        ptx,
+    })
 }
 
 /// The SASS architectures and the newest PTX architecture of a fatbin container: a 16-byte
@@ -126,8 +135,14 @@ fn prebuilt(path: &Path, out_dir: &Path) -> Result<Built, String> {
 /// as u32 at 28 (docs/CUDA.md).
 fn fatbin_archs(data: &[u8]) -> Result<(Vec<u32>, u32), String> {
     let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let u64_at = |o: usize| data.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    let u32_at = |o: usize| {
+        data.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let u64_at = |o: usize| {
+        data.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
     if u32_at(0) != Some(0xBA55_ED50) {
         return Err("not a fatbin (no 0xBA55ED50 magic)".into());
     }

@@ -194,7 +194,9 @@ static void driver() {
           "driver 12.4 cannot JIT PTX ISA 9.0\n");
     CHECK(in_child({{"QWEN_SCOPE_EMU_CC", "13.0"}}, [] { return (module(), 0); }) == 0,
           "driver 13.0 JITs PTX ISA 9.0 for a newer card\n");
-    CHECK(in_child({{"QWEN_SCOPE_EMU_CARD", "t4"}}, [] {
+    CHECK(in_child({{"QWEN_SCOPE_EMU_CARD", "t4"}}, [] { return (module(), 0); }) == 200,
+          "a CUDA 13 cubin is an invalid image for driver 12.4\n");
+    CHECK(in_child({{"QWEN_SCOPE_EMU_CARD", "t4"}, {"QWEN_SCOPE_EMU_DRIVER", "13.0"}}, [] {
               module();
               CUdeviceptr p;
               return cuMemAlloc_v2(&p, 16ull << 30);
