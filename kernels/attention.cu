@@ -10,6 +10,10 @@
 // attends to positions 0..=pos. Softmax and accumulation are in f32, online (flash-style)
 // over tiles of 32 keys; scores are q.k * scale with scale = 1/sqrt(head_dim) from the host.
 //
+// The K/V tile's rows are `ld` floats apart: hd + 1 so that the 32 lanes reading one
+// column each (a key per lane) hit different shared-memory banks, or hd where the padded
+// tile does not fit the card's shared memory (head_dim 256 on sm_60's 48 KiB).
+//
 // Work split: `tiles` lists (first token, count) runs of tokens of one row (the host
 // builds them). Block (tile, kv head * head chunk, split) computes QROWS = 16 query rows =
 // up to tile_tokens tokens x head_chunk query heads that share one KV head, so each K/V
@@ -47,11 +51,10 @@ __device__ __forceinline__ void attention_impl(
     const uint32_t* __restrict__ tok, const uint32_t* __restrict__ tiles,
     const RowKv* __restrict__ rows, float* __restrict__ out, float* __restrict__ partial,
     int n_tokens, int num_heads, int num_kv_heads, int hd, float scale, int tile_tokens,
-    int head_chunk, int splits) {
+    int head_chunk, int splits, int ld) {
     extern __shared__ float smem[];
     float* sq = smem;                          // [QROWS][hd]
-    float* skv = smem + QS_ATT_QROWS * hd;     // [BK][hd + 1]
-    const int ld = hd + 1;
+    float* skv = smem + QS_ATT_QROWS * hd;     // [BK][ld]
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = num_heads / num_kv_heads;
@@ -199,10 +202,10 @@ __device__ __forceinline__ void attention_impl(
         const float* q, long long q_stride, long long q_offset, const uint32_t* tok,           \
         const uint32_t* tiles, const RowKv* rows, float* out, float* partial, int n_tokens,    \
         int num_heads, int num_kv_heads, int hd, float scale, int tile_tokens, int head_chunk, \
-        int splits) {                                                                          \
+        int splits, int ld) {                                                                  \
         attention_impl<KV, NI>(q, q_stride, q_offset, tok, tiles, rows, out, partial,          \
                                n_tokens, num_heads, num_kv_heads, hd, scale, tile_tokens,      \
-                               head_chunk, splits);                                            \
+                               head_chunk, splits, ld);                                        \
     }
 
 QS_ATTENTION(attention_f32_d64, qs_f32, 2)

@@ -32,6 +32,11 @@ step "cuda tests (emulated H100)"
 cargo test --release --test cuda_kernels --test cuda_model -- --include-ignored \
   --skip qwen2_05b_parity
 
+# sm_60 has 48 KiB of shared memory per block and no opt-in above it: the head_dim 256
+# attention must still fit (it failed to launch before its K/V tile lost its padding there).
+step "kernel tests on a card with P100's shared memory (48 KiB per block)"
+QWEN_SCOPE_EMU_SMEM_OPTIN=49152 cargo test --release --test cuda_kernels -- --include-ignored
+
 step "cuda tests again on an emulated T4 (sm_75, 15 GiB) with an R580 driver (CUDA 13.0)"
 QWEN_SCOPE_EMU_CARD=t4 QWEN_SCOPE_EMU_DRIVER=13.0 cargo test --release --test cuda_model -- --include-ignored \
   --skip qwen2_05b_parity

@@ -70,6 +70,9 @@ pub struct Device {
     name: String,
     cc: (u32, u32),
     sm_count: u32,
+    /// Dynamic shared memory a block of the attention kernels may use (the card's opt-in
+    /// limit, which Device::new grants them).
+    max_dynamic_smem: u32,
     driver_version: i32,
     blas: OnceLock<CudaBlas>,
 }
@@ -244,12 +247,12 @@ impl Device {
             .attribute(
                 sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
             )
-            .unwrap_or(48 * 1024);
+            .map_or(48 * 1024, |v| v.max(48 * 1024) as u32);
         // Attention kernels for head_dim up to 256 use more than the default 48 KiB.
         for (&k, &f) in &funcs {
             if k.starts_with("attention_") && k != "attention_combine" {
-                let want = super::kernels::attention_smem_bytes(super::kernels::head_dim_max(k))
-                    .min(smem_optin as u32);
+                let hd = super::kernels::head_dim_max(k);
+                let want = super::kernels::attention_smem_bytes(hd, hd + 1).min(smem_optin);
                 // SAFETY: `f` is a function of the loaded module.
                 unsafe {
                     result::function::set_function_attribute(
@@ -270,6 +273,7 @@ impl Device {
             name,
             cc,
             sm_count,
+            max_dynamic_smem: smem_optin,
             driver_version: drv,
             blas: OnceLock::new(),
         })
@@ -295,6 +299,11 @@ impl Device {
 
     pub fn sm_count(&self) -> u32 {
         self.sm_count
+    }
+
+    /// Bytes of dynamic shared memory a block may use (after the opt-in Device::new asks).
+    pub fn max_dynamic_smem(&self) -> u32 {
+        self.max_dynamic_smem
     }
 
     /// The driver's CUDA version, e.g. "12.4".

@@ -162,8 +162,18 @@ const ATT_QROWS: usize = 16;
 const ATT_BK: usize = 32;
 
 /// Dynamic shared memory of an attention launch for `head_dim`.
-pub(crate) fn attention_smem_bytes(head_dim: usize) -> u32 {
-    ((ATT_QROWS * head_dim + ATT_BK * (head_dim + 1)) * 4) as u32
+pub(crate) fn attention_smem_bytes(head_dim: usize, kv_ld: usize) -> u32 {
+    ((ATT_QROWS * head_dim + ATT_BK * kv_ld) * 4) as u32
+}
+
+/// The K/V tile's row stride in shared memory: head_dim + 1 (no bank conflicts) where that
+/// fits the `limit` bytes a block may have, else head_dim.
+pub(crate) fn attention_kv_ld(head_dim: usize, limit: u32) -> usize {
+    if attention_smem_bytes(head_dim, head_dim + 1) <= limit {
+        head_dim + 1
+    } else {
+        head_dim
+    }
 }
 
 /// The largest head_dim an attention kernel variant handles, from its name.
@@ -434,7 +444,7 @@ pub fn attention<T: CudaFloat>(
             batch.max_len.div_ceil(256).min(fill).clamp(1, 64)
         }
     };
-    let (name, smem) = {
+    let (name, hd) = {
         let class = if hd <= 64 {
             "d64"
         } else if hd <= 128 {
@@ -453,8 +463,17 @@ pub fn attention<T: CudaFloat>(
             (DType::BF16, "d128") => "attention_bf16_d128",
             (DType::BF16, _) => "attention_bf16_d256",
         };
-        (name, attention_smem_bytes(hd))
+        (name, hd)
     };
+    let ld = attention_kv_ld(hd, dev.max_dynamic_smem());
+    let smem = attention_smem_bytes(hd, ld);
+    check(smem <= dev.max_dynamic_smem(), || {
+        format!(
+            "attention: head_dim {hd} needs {smem} bytes of shared memory per block, {} allows {}",
+            dev.name(),
+            dev.max_dynamic_smem()
+        )
+    })?;
     let partial: Option<CudaSlice<f32>> = if splits > 1 {
         // SAFETY: every element the combine step reads is written by the attention launch.
         Some(unsafe { dev.alloc(splits * n * nh * (hd + 2))? })
@@ -483,8 +502,10 @@ pub fn attention<T: CudaFloat>(
         }
         None => (0, None),
     };
+    let ld_i = ld as i32;
     let mut a = args![
-        qp, stride, offset, tp, tl, rp, op, pp, n_i, nh_i, nkv_i, hd_i, scale, tt_i, hc_i, sp_i
+        qp, stride, offset, tp, tl, rp, op, pp, n_i, nh_i, nkv_i, hd_i, scale, tt_i, hc_i, sp_i,
+        ld_i
     ];
     // SAFETY: sizes and cache ranges checked above; the table borrows its buffers (see
     // KvTable). The argument list is kept in step with the kernel's C signature by hand.

@@ -184,7 +184,12 @@ mod tests {
 
     #[test]
     fn shared_memory_fits_an_sm75_opt_in() {
-        assert!(attention_smem_bytes(256) <= 64 * 1024);
-        assert!(attention_smem_bytes(128) <= 48 * 1024);
+        assert!(attention_smem_bytes(256, 257) <= 64 * 1024);
+        assert!(attention_smem_bytes(128, 129) <= 48 * 1024);
+        // sm_60 (P100) has 48 KiB per block and no more: head_dim 256 drops the padding
+        assert_eq!(attention_kv_ld(256, 48 * 1024), 256);
+        assert!(attention_smem_bytes(256, 256) <= 48 * 1024);
+        assert_eq!(attention_kv_ld(256, 64 * 1024), 257);
+        assert_eq!(attention_kv_ld(128, 48 * 1024), 129);
     }
 }
