@@ -234,11 +234,18 @@ struct Worker {
                  std::to_string(w.size - w.live) + " of its lanes exited");
         const uint32_t first = wi * 32;
         const uint32_t count = lanes[first].shuffles;
-        for (uint32_t i = first; i < first + w.size; ++i) {
+        for (uint32_t i = first; i < first + w.size; ++i)
             if (lanes[i].shuffles != count)
                 fail("lanes of warp " + std::to_string(wi) + " meet at different shuffles");
-            ready.push_back(i);
+        // The released warp runs next, ahead of the warps already queued: a warp that runs
+        // ahead to reuse shared memory before the others have read it (a missing trailing
+        // __syncthreads) then overwrites what they read, as it can on a GPU.
+        if (ready_head > 0) {
+            ready.erase(ready.begin(), ready.begin() + ready_head);
+            ready_head = 0;
         }
+        ready.insert(ready.begin(), w.size, 0);
+        for (uint32_t i = 0; i < w.size; ++i) ready[i] = first + i;
         w.arrived = 0;
     }
 

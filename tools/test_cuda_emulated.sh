@@ -29,16 +29,16 @@ step "the emulator's self-test"
 # qwen2_05b_parity compares with a transformers reference made by torch on the GPU
 # (tools/gpu_parity.py, tools/gpu-check.sh): no torch here, so it alone is left out.
 step "cuda tests (emulated H100)"
-cargo test --release --test cuda_kernels --test cuda_model -- --include-ignored \
+timeout 1200 cargo test --release --test cuda_kernels --test cuda_model -- --include-ignored \
   --skip qwen2_05b_parity
 
 # sm_60 has 48 KiB of shared memory per block and no opt-in above it: the head_dim 256
 # attention must still fit (it failed to launch before its K/V tile lost its padding there).
 step "kernel tests on a card with P100's shared memory (48 KiB per block)"
-QWEN_SCOPE_EMU_SMEM_OPTIN=49152 cargo test --release --test cuda_kernels -- --include-ignored
+QWEN_SCOPE_EMU_SMEM_OPTIN=49152 timeout 900 cargo test --release --test cuda_kernels -- --include-ignored
 
 step "cuda tests again on an emulated T4 (sm_75, 15 GiB) with an R580 driver (CUDA 13.0)"
-QWEN_SCOPE_EMU_CARD=t4 QWEN_SCOPE_EMU_DRIVER=13.0 cargo test --release --test cuda_model -- --include-ignored \
+QWEN_SCOPE_EMU_CARD=t4 QWEN_SCOPE_EMU_DRIVER=13.0 timeout 900 cargo test --release --test cuda_model -- --include-ignored \
   --skip qwen2_05b_parity
 
 bin=target/release/qwen-scope
@@ -47,11 +47,11 @@ mkdir -p "$out"
 sweep_vs_cpu() {  # NAME MODEL ARGS...
   local name=$1 m=$2
   shift 2
-  "$bin" sweep --model "$m" --device cpu --out "$out/$name-cpu" "$@" > "$out/$name-cpu.log" 2>&1 \
+  timeout 600 "$bin" sweep --model "$m" --device cpu --out "$out/$name-cpu" "$@" > "$out/$name-cpu.log" 2>&1 \
     || { cat "$out/$name-cpu.log"; return 1; }
   for dt in f32 f16 bf16; do
     local t0=$SECONDS
-    "$bin" sweep --model "$m" --device cuda --dtype "$dt" --out "$out/$name-$dt" "$@" \
+    timeout 900 "$bin" sweep --model "$m" --device cuda --dtype "$dt" --out "$out/$name-$dt" "$@" \
       > "$out/$name-$dt.log" 2>&1 || { cat "$out/$name-$dt.log"; return 1; }
     grep -q "cuda" "$out/$name-$dt/run.json" || { echo "$name $dt did not run on cuda" >&2; return 1; }
     echo -n "$name, $((SECONDS - t0)) s: "
@@ -69,7 +69,7 @@ refuses() {  # WHAT PATTERN ENV...
   local what=$1 pattern=$2
   shift 2
   set +e
-  env "$@" "$bin" forward --model tests/fixtures/tiny-qwen2 --device cuda --prompt "Hi" \
+  env "$@" timeout 300 "$bin" forward --model tests/fixtures/tiny-qwen2 --device cuda --prompt "Hi" \
     --out "$out/refused.json" > "$out/refused.log" 2>&1
   local rc=$?
   set -e
@@ -94,7 +94,7 @@ QWEN_SCOPE_CUDA_ARCHS=60,75 tools/build_cu12.sh --bin qwen-scope
 grep -q "NVRTC 12.4" target/release/build/qwen-scope-*/out/qwen_scope_kernels.txt
 for card in p100 t4; do
   for dt in f32 f16; do
-    QWEN_SCOPE_EMU_CARD=$card "$bin" sweep --model tests/fixtures/tiny-qwen2 --device cuda \
+    QWEN_SCOPE_EMU_CARD=$card timeout 600 "$bin" sweep --model tests/fixtures/tiny-qwen2 --device cuda \
       --dtype $dt --train 20 --val 10 --out "$out/cu12-$card-$dt" > "$out/cu12-$card-$dt.log" 2>&1 \
       || { cat "$out/cu12-$card-$dt.log"; exit 1; }
     grep -q "(emulated)" "$out/cu12-$card-$dt.log" || grep -q "cuda" "$out/cu12-$card-$dt/run.json"
@@ -103,7 +103,7 @@ for card in p100 t4; do
       "$out/cu12-$card-$dt/summary.csv" --dtype $dt
   done
 done
-QWEN_SCOPE_EMU_CARD=p100 "$bin" sweep --model "$model" --device cuda --dtype f16 --train 8 --val 4 \
+QWEN_SCOPE_EMU_CARD=p100 timeout 900 "$bin" sweep --model "$model" --device cuda --dtype f16 --train 8 --val 4 \
   --out "$out/cu12-p100-qwen" > "$out/cu12-p100-qwen.log" 2>&1 || { cat "$out/cu12-p100-qwen.log"; exit 1; }
 echo -n "cu12 build on p100, Qwen2.5-Coder-0.5B: "
 python3 tools/compare_summaries.py "$out/qwen2.5-coder-0.5b-cpu/summary.csv" \

@@ -57,6 +57,17 @@ impl Affine {
             )));
         }
         let (inp, out) = (xs[0].len(), ys[0].len());
+        // A NaN or infinity would make the fit NaN, or keep the SVD from ever converging.
+        let bad = |rows: &[Vec<f32>]| rows.iter().position(|r| r.iter().any(|v| !v.is_finite()));
+        if let Some((what, r)) = [("input", bad(xs)), ("target", bad(ys))]
+            .into_iter()
+            .find_map(|(w, r)| r.map(|r| (w, r)))
+        {
+            return Err(Error::input(format!(
+                "affine fit: {what} row {r} holds NaN or infinite values (the forward pass \
+                 that made it overflowed or is broken)"
+            )));
+        }
         let d = inp + 1;
         let x = DMatrix::from_fn(n, d, |r, c| if c < inp { xs[r][c] as f64 } else { 1.0 });
         let y = DMatrix::from_fn(n, out, |r, c| ys[r][c] as f64);
@@ -85,7 +96,11 @@ impl Affine {
 /// argmin ||a·s - b|| of least norm, through the SVD with numpy's default cut-off.
 fn min_norm_solve(a: DMatrix<f64>, b: &DMatrix<f64>) -> Result<DMatrix<f64>> {
     let cutoff = f64::EPSILON * a.nrows().max(a.ncols()) as f64;
-    let svd = a.svd(true, true);
+    // nalgebra's svd() iterates without a cap; finite input converges far below this one.
+    let cap = 1000 * a.nrows().max(a.ncols());
+    let svd = a
+        .try_svd(true, true, f64::EPSILON, cap)
+        .ok_or_else(|| Error::input(format!("least-squares fit: no SVD after {cap} iterations")))?;
     let max_sv = svd.singular_values.max();
     svd.solve(b, cutoff * max_sv)
         .map_err(|e| Error::input(format!("least-squares fit failed: {e}")))
@@ -149,6 +164,17 @@ pub fn load_affines(path: &Path) -> Result<Vec<Affine>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_non_finite_states_instead_of_hanging() {
+        let mut xs: Vec<Vec<f32>> = (0..3).map(|i| vec![i as f32, 1.0, 2.0]).collect();
+        let ys = xs.clone();
+        xs[2][1] = f32::NAN;
+        let e = Affine::fit(&xs, &ys).unwrap_err().to_string();
+        assert!(e.contains("input row 2 holds NaN"), "{e}");
+        let e = Affine::fit(&ys, &xs).unwrap_err().to_string();
+        assert!(e.contains("target row 2 holds NaN"), "{e}");
+    }
 
     #[test]
     fn recovers_an_exact_affine_map() {
