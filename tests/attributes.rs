@@ -7,6 +7,7 @@
 mod common;
 
 use qwen_scope::patchscope::attributes::Attributes;
+use qwen_scope::patchscope::demonstrations::Demonstrations;
 use qwen_scope::patchscope::relations::load_relation;
 use qwen_scope::CpuModel;
 
@@ -34,6 +35,7 @@ fn compare_with_transformers(model: &CpuModel, reference: &str) {
     let relation = load_relation(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/relations/capitals.json"),
         None,
+        Demonstrations::default(),
     )
     .unwrap();
     let limit = settings["limit"].as_u64().unwrap() as usize;

@@ -150,10 +150,13 @@ def attributes(self, relations: Union[str, os.PathLike, Sequence[Union[str, os.P
                target: Optional[str] = None, source_layers: Any = "all",
                target_layers: Any = "all", max_new: int = 10, all_rows: bool = False,
                limit: Optional[int] = None, batch: int = 8,
-               progress: bool = True) -> AttributesResult:
+               progress: bool = True, demonstrations: int = 3,
+               demo_seed: int = 0) -> AttributesResult:
     """Attribute extraction (paper section 4.2) over relation files (LRE .json or the
     official .tsv), exactly as `qwen-scope attributes`: accuracy per (source layer,
-    target layer)."""
+    target layer). LRE files without a target of their own get `demonstrations` other
+    samples of the relation (seeded by `demo_seed`) before each query, as the CLI's
+    --demonstrations and --demo-seed; `rows.demonstrations` lists them."""
     if isinstance(relations, (str, os.PathLike)):
         relations = [relations]
     relations = [os.fspath(r) for r in relations]
@@ -164,7 +167,9 @@ def attributes(self, relations: Union[str, os.PathLike, Sequence[Union[str, os.P
         raw = _native.attributes(self._native, relations, target, _layers(source_layers),
                                  _layers(target_layers), _count("max_new", max_new),
                                  bool(all_rows), _count("limit", limit, True),
-                                 _count("batch", batch), bars.callback())
+                                 _count("batch", batch), bars.callback(),
+                                 _count("demonstrations", demonstrations),
+                                 _count("demo_seed", demo_seed))
     finally:
         bars.close()
     return AttributesResult(cells=_frame(raw["cells"]), rows=_frame(raw["rows"]),

@@ -7,6 +7,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use qwen_scope::data::{load_prompts, parse_lines, DEFAULT_PROMPTS};
+use qwen_scope::patchscope::demonstrations::{Demonstrations, DEFAULT_K, DEFAULT_SEED};
 use qwen_scope::patchscope::extraction::{Extraction, ExtractionSettings, Record};
 use qwen_scope::patchscope::inspect::{inspect as run_inspect, InspectSettings, Inspection};
 use qwen_scope::patchscope::mapping::load_affines;
@@ -86,7 +87,7 @@ pub fn sweep<'py>(
 /// {"cells": one row per (row, source layer, target layer) evaluated, "rows": one row
 /// per relation row, "summary": the columns of summary.csv}.
 #[pyfunction]
-#[pyo3(signature = (model, relations, target, source_layers, target_layers, max_new, all_rows, limit, batch, progress))]
+#[pyo3(signature = (model, relations, target, source_layers, target_layers, max_new, all_rows, limit, batch, progress, demonstrations=DEFAULT_K, demo_seed=DEFAULT_SEED))]
 #[allow(clippy::too_many_arguments)]
 pub fn attributes<'py>(
     py: Python<'py>,
@@ -100,10 +101,16 @@ pub fn attributes<'py>(
     limit: Option<usize>,
     batch: usize,
     progress: Option<Py<PyAny>>,
+    demonstrations: usize,
+    demo_seed: u64,
 ) -> PyResult<Bound<'py, PyDict>> {
     let settings = ExtractionSettings {
         relations,
         target,
+        demonstrations: Demonstrations {
+            k: demonstrations,
+            seed: demo_seed,
+        },
         source_layers,
         target_layers,
         max_new,
@@ -373,6 +380,15 @@ fn rows_columns<'py>(py: Python<'py>, records: &[Record]) -> PyResult<Bound<'py,
     })?;
     column(&d, "evaluated", records, |r| r.result.evaluated)?;
     column(&d, "skipped", records, |r| r.result.skipped.clone())?;
+    // "subject => object" per demonstration, one line each ("" without them)
+    column(&d, "demonstrations", records, |r| {
+        r.result
+            .demonstrations
+            .iter()
+            .map(|d| format!("{} => {}", d.subject, d.object))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
     Ok(d)
 }
 

@@ -3,6 +3,7 @@
 
 use super::sweep::progress;
 use anyhow::{Context, Result};
+use qwen_scope::patchscope::demonstrations::{self, Demonstrations};
 use qwen_scope::patchscope::extraction::{Extraction, ExtractionSettings, Record};
 use qwen_scope::patchscope::relations::describe_dropped;
 use qwen_scope::report::accuracy::{self, RelationSummary};
@@ -18,6 +19,16 @@ pub struct AttributesArgs {
     /// Target prompt with the placeholder "x" (default: from each relation).
     #[arg(long)]
     pub target: Option<String>,
+    /// Demonstrations before each LRE query: K other samples of the relation written with
+    /// its template (never the row's own subject or object), then the template with "x";
+    /// the source gets them too where the template starts with its slot, and a generation
+    /// is judged on its first line. Used where neither --target nor the file's
+    /// target_templates give the target; 0: the template cut at its slot, without them.
+    #[arg(long, default_value_t = demonstrations::DEFAULT_K, value_name = "K")]
+    pub demonstrations: usize,
+    /// Seed of the order in which each relation's samples are drawn as demonstrations.
+    #[arg(long, default_value_t = demonstrations::DEFAULT_SEED, value_name = "S")]
+    pub demo_seed: u64,
     /// Source layers: all, 3, 0-5, 0,4,8-10, 0-23:4.
     #[arg(long, default_value = "all")]
     pub source_layers: String,
@@ -48,6 +59,10 @@ impl AttributesArgs {
         ExtractionSettings {
             relations: self.relations.clone(),
             target: self.target.clone(),
+            demonstrations: Demonstrations {
+                k: self.demonstrations,
+                seed: self.demo_seed,
+            },
             source_layers: self.source_layers.clone(),
             target_layers: self.target_layers.clone(),
             max_new: self.max_new,
@@ -73,6 +88,24 @@ pub fn attributes<E: Engine>(
             r.rows.len(),
             describe_dropped(&r.dropped)
         );
+        if let Some((query, sets)) = ext.demonstration_sets(r) {
+            let d = ext.settings.demonstrations;
+            let first = sets.first().map_or(0, |(s, _)| s.len());
+            let others: usize = sets.iter().skip(1).map(|(_, n)| n).sum();
+            eprintln!(
+                "{}: {first} demonstrations (seed {}) before {query:?}{}",
+                r.name,
+                d.seed,
+                if others > 0 {
+                    format!(
+                        "; {others} rows meet one of them and get others ({} sets)",
+                        sets.len()
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
         // every target prompt is checked (and run once) before the results folder exists
         ext.check_targets(r)?;
     }
@@ -82,6 +115,7 @@ pub fn attributes<E: Engine>(
         "device": model.describe(),
         "relations": a.relations.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "target": a.target,
+        "demonstrations": ext.demonstrations_record(),
         "source_layers": exp.source_layers,
         "target_layers": exp.target_layers,
         "max_new": a.max_new,

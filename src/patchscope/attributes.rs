@@ -3,6 +3,7 @@
 //! check whether the object appears, for every (source layer, target layer). Relation files
 //! are read by [`super::relations`].
 
+use super::demonstrations::{answer, Demonstration};
 use super::relations::{fill_placeholder, AttributeRow, PLACEHOLDER};
 use super::target::Target;
 use super::{source_site, target_site};
@@ -70,6 +71,9 @@ pub struct RowResult {
     /// [source layer index][target layer index] -> correct; generations alongside.
     pub correct: Vec<Vec<bool>>,
     pub generations: Vec<Vec<String>>,
+    /// The samples written before the query (then only a generation's first line counts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub demonstrations: Vec<Demonstration>,
 }
 
 /// A cell of a batch: (source, source layer index, target layer index).
@@ -142,7 +146,8 @@ impl<'m, E: Engine> Attributes<'m, E> {
             .iter()
             .zip(baselines)
             .map(|(&(index, row), baseline)| {
-                let baseline_correct = is_correct(&row.object, &baseline);
+                let shots = !row.demonstrations.is_empty();
+                let baseline_correct = is_correct(&row.object, answer(&baseline, shots));
                 RowResult {
                     row: index,
                     line: row.line,
@@ -154,6 +159,7 @@ impl<'m, E: Engine> Attributes<'m, E> {
                     skipped: None,
                     correct: Vec::new(),
                     generations: Vec::new(),
+                    demonstrations: row.demonstrations.clone(),
                 }
             })
             .collect();
@@ -214,7 +220,8 @@ impl<'m, E: Engine> Attributes<'m, E> {
                 for (&(k, si, ti), tokens) in chunk.iter().zip(generated) {
                     let r = &mut results[sources[k].0];
                     let text = model.tokenizer().decode(&tokens)?;
-                    r.correct[si][ti] = is_correct(&r.object, &text);
+                    let shots = !r.demonstrations.is_empty();
+                    r.correct[si][ti] = is_correct(&r.object, answer(&text, shots));
                     r.generations[si][ti] = text;
                 }
             }

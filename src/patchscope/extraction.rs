@@ -5,6 +5,7 @@
 //! per-relation accuracy is [`crate::report::accuracy`].
 
 use super::attributes::{parse_layers, Attributes, RowResult};
+use super::demonstrations::{Demonstration, Demonstrations, SEPARATOR};
 use super::relations::{load_relation, AttributeRow, Relation};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -17,6 +18,9 @@ pub struct ExtractionSettings {
     pub relations: Vec<PathBuf>,
     /// Target prompt with the placeholder "x" (default: from each relation).
     pub target: Option<String>,
+    /// Demonstrations before LRE queries without a target of their own (0: none), and the
+    /// seed of their order (`super::demonstrations`).
+    pub demonstrations: Demonstrations,
     /// Layer lists: all, 3, 0-5, 0,4,8-10, 0-23:4.
     pub source_layers: String,
     pub target_layers: String,
@@ -71,7 +75,7 @@ impl<'m, E: Engine> Extraction<'m, E> {
         let relations = settings
             .relations
             .iter()
-            .map(|p| load_relation(p, settings.target.as_deref()))
+            .map(|p| load_relation(p, settings.target.as_deref(), settings.demonstrations))
             .collect::<Result<Vec<_>>>()?;
         Ok(Extraction {
             exp,
@@ -137,6 +141,58 @@ impl<'m, E: Engine> Extraction<'m, E> {
             "relation {} line {} .. relation {} line {}",
             first.0, first.2.line, last.0, last.2.line
         )
+    }
+
+    /// The query line and the distinct demonstration sets of the rows of `relation` a run
+    /// evaluates, each with its row count (most rows share one); None without them.
+    pub fn demonstration_sets<'a>(
+        &self,
+        relation: &'a Relation,
+    ) -> Option<(&'a str, Vec<(&'a [Demonstration], usize)>)> {
+        let mut sets: Vec<(&[Demonstration], usize)> = Vec::new();
+        let mut query = None;
+        for (_, row) in self.rows(relation) {
+            if row.demonstrations.is_empty() {
+                continue;
+            }
+            query = row.target.rsplit(SEPARATOR).next();
+            match sets
+                .iter_mut()
+                .find(|(s, _)| *s == row.demonstrations.as_slice())
+            {
+                Some((_, n)) => *n += 1,
+                None => sets.push((&row.demonstrations, 1)),
+            }
+        }
+        Some((query?, sets))
+    }
+
+    /// The demonstrations of a run, for run.json: k, the seed, the separator, and for each
+    /// relation that has them its query line and [`Self::demonstration_sets`].
+    pub fn demonstrations_record(&self) -> serde_json::Value {
+        let d = self.settings.demonstrations;
+        let relations: Vec<serde_json::Value> = self
+            .relations
+            .iter()
+            .filter_map(|r| {
+                let (query, sets) = self.demonstration_sets(r)?;
+                Some(serde_json::json!({
+                    "relation": r.name,
+                    "query": query,
+                    "sets": sets
+                        .iter()
+                        .map(|(s, n)| serde_json::json!({"rows": n, "demonstrations": s}))
+                        .collect::<Vec<_>>(),
+                }))
+            })
+            .collect();
+        serde_json::json!({
+            "k": d.k,
+            "seed": d.seed,
+            "separator": SEPARATOR.to_string(),
+            "answer": "with demonstrations, a generation's text before its first newline",
+            "relations": relations,
+        })
     }
 
     /// The (source layer, target layer) cells of the evaluated ones among `records`.

@@ -3,6 +3,7 @@
 //! and the official code: the layer-l representation is HF's `hidden_states[l + 1]`.
 
 pub mod attributes;
+pub mod demonstrations;
 pub mod extraction;
 pub mod inspect;
 pub mod mapping;

@@ -6,13 +6,16 @@
 //!   first prompt template with context before its slot, the subject filled in ("The
 //!   capital city of France is"), read at the subject's last token (tokens after it cannot
 //!   change that state). Without such a template the source is the target prompt with the
-//!   subject in place of its placeholder.
+//!   subject in place of its placeholder. By default the target has demonstrations before
+//!   it, and so has the source where the template starts with its slot
+//!   ([`super::demonstrations`]).
 //! - The official preprocessed TSVs: pandas `to_csv(sep="\t")` output, whose quoted fields
 //!   may hold tabs and newlines. `prompt_source` holds a text that contains the subject; the
 //!   source position is the token that ends the subject's first occurrence (the TSV's own
 //!   positions count GPT-J tokens). Rows are filtered as the official notebook does, and
 //!   every dropped row is counted by reason; one bad row never fails the file.
 
+use super::demonstrations::{Demonstration, Demonstrations, Shots};
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -65,6 +68,8 @@ pub struct AttributeRow {
     pub source: String,
     /// Byte offset where the subject's first occurrence in `source` ends.
     pub subject_end: usize,
+    /// The samples written before the query in `target` (LRE files, by default).
+    pub demonstrations: Vec<Demonstration>,
 }
 
 /// Reasons a TSV row is dropped, in the order they are checked.
@@ -74,11 +79,18 @@ pub const NEWLINE_SOURCE: &str = "prompt_source contains a newline";
 pub const HAND_PICKED: &str = "dropped by hand in the official notebook";
 pub const EMPTY_FIELD: &str = "empty subject or object";
 pub const SUBJECT_MISSING: &str = "subject not in prompt_source";
+/// An LRE row left without a demonstration where its template starts with the slot.
+pub const NO_DEMONSTRATION: &str = "no sample left to demonstrate the relation";
 
 /// Reads a relation file (.json in the LRE format, or .tsv as the official data).
-/// `target` overrides the target prompt. Fails only when the file cannot be read as a
+/// `target` overrides the target prompt; LRE files without one (and without
+/// `target_templates`) get `demonstrations`. Fails only when the file cannot be read as a
 /// whole, or when no row is left.
-pub fn load_relation(path: &Path, target: Option<&str>) -> Result<Relation> {
+pub fn load_relation(
+    path: &Path,
+    target: Option<&str>,
+    demonstrations: Demonstrations,
+) -> Result<Relation> {
     let bad = |msg: String| Error::input(format!("{}: {msg}", path.display()));
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let name = path
@@ -88,7 +100,7 @@ pub fn load_relation(path: &Path, target: Option<&str>) -> Result<Relation> {
     let relation = match path.extension().and_then(|e| e.to_str()) {
         Some("json") => {
             let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
-            parse_lre(&text, target).map_err(bad)?
+            parse_lre(&text, target, demonstrations).map_err(bad)?
         }
         Some("tsv") => parse_tsv(&bytes, &name, target).map_err(bad)?,
         _ => {
@@ -134,7 +146,11 @@ struct LreSample {
     object: String,
 }
 
-fn parse_lre(text: &str, target: Option<&str>) -> std::result::Result<Relation, String> {
+fn parse_lre(
+    text: &str,
+    target: Option<&str>,
+    demonstrations: Demonstrations,
+) -> std::result::Result<Relation, String> {
     let lre: Lre = serde_json::from_str(text).map_err(|e| format!("malformed LRE JSON: {e}"))?;
     // a template whose subject has context before it: "{} is led by" would put a one-token
     // subject at position 0, the attention sink
@@ -144,19 +160,50 @@ fn parse_lre(text: &str, target: Option<&str>) -> std::result::Result<Relation, 
         .find(|t| t.contains("{}") && !t.trim_start().starts_with("{}"));
     // "The capital city of {} is" -> "The capital city of x": the template up to its slot
     let derived = template.map(|t| format!("{}{PLACEHOLDER}", &t[..t.find("{}").unwrap()]));
+    let given = target.is_some() || !lre.target_templates.is_empty();
+    // the default target: demonstrations, then the template (super::demonstrations)
+    let shots = (demonstrations.k > 0 && !given)
+        .then(|| {
+            let samples: Vec<(&str, &str)> = lre
+                .samples
+                .iter()
+                .map(|s| (s.subject.as_str(), s.object.as_str()))
+                .collect();
+            Shots::new(&lre.prompt_templates, &samples, demonstrations)
+        })
+        .flatten();
     let target = target
         .map(str::to_string)
         .or(lre.target_templates.first().cloned())
         .or(derived)
+        .or(shots.as_ref().map(|_| String::new()))
         .ok_or(
             "no target prompt: give target_templates, a prompt template with context before \
-             its {} slot, or --target",
+             its {} slot, --target, or demonstrations (--demonstrations K, K > 0)",
         )?;
     let mut dropped = Dropped::new();
     let mut rows = Vec::new();
     for (i, s) in lre.samples.into_iter().enumerate() {
         if s.subject.trim().is_empty() || s.object.trim().is_empty() {
             *dropped.entry(EMPTY_FIELD.into()).or_default() += 1;
+            continue;
+        }
+        if let Some(shots) = &shots {
+            let demos = shots.choose(i + 1, &s.subject, &s.object);
+            if demos.is_empty() && shots.slot_first() {
+                *dropped.entry(NO_DEMONSTRATION.into()).or_default() += 1;
+                continue;
+            }
+            let p = shots.prompts(demos, &s.subject);
+            rows.push(AttributeRow {
+                line: i + 1,
+                subject: s.subject,
+                object: s.object,
+                target: p.target,
+                source: p.source,
+                subject_end: p.subject_end,
+                demonstrations: p.demonstrations,
+            });
             continue;
         }
         // the source: the template with the subject, or else the target with it
@@ -175,6 +222,7 @@ fn parse_lre(text: &str, target: Option<&str>) -> std::result::Result<Relation, 
             subject: s.subject,
             object: s.object,
             target: target.clone(),
+            demonstrations: Vec::new(),
         });
     }
     Ok(Relation {
@@ -282,6 +330,7 @@ fn tsv_row(
         target: target.unwrap_or(&record[cols.target]).to_string(),
         source: source.to_string(),
         subject: subject.to_string(),
+        demonstrations: Vec::new(),
     })
 }
 
@@ -294,6 +343,7 @@ mod tests {
         let r = parse_lre(
             r#"{"name": "cap", "prompt_templates": ["The capital city of {} is"], "samples": [{"subject": "France", "object": "Paris"}, {"subject": " ", "object": "x"}]}"#,
             None,
+            Demonstrations::NONE,
         )
         .unwrap();
         assert_eq!(r.rows[0].target, "The capital city of x");
@@ -303,13 +353,52 @@ mod tests {
     }
 
     #[test]
-    fn a_template_starting_with_its_slot_gives_no_target_or_source() {
+    fn a_template_starting_with_its_slot_gives_no_target_or_source_without_demonstrations() {
         let lre = r#"{"name": "ceo", "prompt_templates": ["{} is led by"], "samples": [{"subject": "Apple", "object": "Tim Cook"}]}"#;
-        let e = parse_lre(lre, None).unwrap_err();
+        let e = parse_lre(lre, None, Demonstrations::NONE).unwrap_err();
         assert!(e.contains("context before its {} slot"), "{e}");
+        assert!(e.contains("--demonstrations K"), "{e}");
         // the source then is the target with the subject, which has context
-        let r = parse_lre(lre, Some("The CEO of x")).unwrap();
-        assert_eq!(r.rows[0].source, "The CEO of Apple");
+        for d in [Demonstrations::NONE, Demonstrations::default()] {
+            let r = parse_lre(lre, Some("The CEO of x"), d).unwrap();
+            assert_eq!(r.rows[0].source, "The CEO of Apple");
+            assert!(r.rows[0].demonstrations.is_empty());
+        }
+    }
+
+    #[test]
+    fn lre_default_target_has_demonstrations_and_overrides_win() {
+        let lre = r#"{"name": "ceo", "prompt_templates": ["{} is led by"], "samples": [
+            {"subject": "Apple", "object": "Tim Cook"}, {"subject": "Microsoft", "object": "Satya Nadella"},
+            {"subject": "Tesla", "object": "Elon Musk"}, {"subject": "Xerox", "object": "Steve Bandrowczak"},
+            {"subject": "Nvidia", "object": "Jensen Huang"}, {"subject": " ", "object": "nobody"}]}"#;
+        let d = Demonstrations { k: 2, seed: 7 };
+        let r = parse_lre(lre, None, d).unwrap();
+        assert_eq!((r.rows.len(), r.dropped[EMPTY_FIELD]), (5, 1));
+        for row in &r.rows {
+            assert_eq!(row.demonstrations.len(), 2);
+            let lines: String = row
+                .demonstrations
+                .iter()
+                .map(|d| format!("{} is led by {}\n", d.subject, d.object))
+                .collect();
+            assert_eq!(row.target, format!("{lines}x is led by"));
+            assert_eq!(row.source, format!("{lines}{} is led by", row.subject));
+            assert!(row.source[..row.subject_end].ends_with(&format!("\n{}", row.subject)));
+            assert!(row.demonstrations.iter().all(|d| d.subject != row.subject));
+            // "Xerox" holds an "x": a row, never a demonstration
+            assert!(row.demonstrations.iter().all(|d| d.line != 4));
+        }
+        // the file's target_templates, or --target, replace the default
+        let with_target = lre.replace(
+            r#""samples""#,
+            r#""target_templates": ["The CEO of x"], "samples""#,
+        );
+        let r = parse_lre(&with_target, None, d).unwrap();
+        assert_eq!(r.rows[0].target, "The CEO of x");
+        assert!(r.rows[0].demonstrations.is_empty());
+        let r = parse_lre(lre, Some("Boss of x"), d).unwrap();
+        assert_eq!(r.rows[0].target, "Boss of x");
     }
 
     #[test]
@@ -378,13 +467,17 @@ mod tests {
             "prompt_target\tobject\tsubject\tprompt_source\nT x\tO\tS\t\n",
         )
         .unwrap();
-        let e = load_relation(&path, None).unwrap_err().to_string();
+        let e = load_relation(&path, None, Demonstrations::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("no row left to evaluate (dropped: 1 empty prompt_source)"),
             "{e}"
         );
         std::fs::write(&path, "subject\tobject\n").unwrap();
-        let e = load_relation(&path, None).unwrap_err().to_string();
+        let e = load_relation(&path, None, Demonstrations::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("TSV has no column \"prompt_target\""), "{e}");
     }
 }
