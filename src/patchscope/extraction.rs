@@ -45,6 +45,9 @@ pub struct Record {
 /// A row to evaluate: (relation name, row index in the relation, row).
 pub type Todo<'a> = (&'a str, usize, &'a AttributeRow);
 
+/// A relation's query line, and its distinct demonstration sets with their row counts.
+pub type DemonstrationSets<'a> = (&'a str, Vec<(&'a [Demonstration], usize)>);
+
 /// The experiment and its relation files, loaded and checked.
 pub struct Extraction<'m, E: Engine> {
     pub exp: Attributes<'m, E>,
@@ -145,10 +148,7 @@ impl<'m, E: Engine> Extraction<'m, E> {
 
     /// The query line and the distinct demonstration sets of the rows of `relation` a run
     /// evaluates, each with its row count (most rows share one); None without them.
-    pub fn demonstration_sets<'a>(
-        &self,
-        relation: &'a Relation,
-    ) -> Option<(&'a str, Vec<(&'a [Demonstration], usize)>)> {
+    pub fn demonstration_sets<'a>(&self, relation: &'a Relation) -> Option<DemonstrationSets<'a>> {
         let mut sets: Vec<(&[Demonstration], usize)> = Vec::new();
         let mut query = None;
         for (_, row) in self.rows(relation) {
