@@ -3,15 +3,21 @@
 //! generated text and correctness (tests/fixtures/attributes), on the tiny fixture and on
 //! the converted Qwen2.5-Coder-0.5B. Dropping the patch from the KV cache changes the
 //! tokens after the first; breaking the final-layer rule changes the last-layer cells.
+//! On data/relations/cities.json, whose template starts with its slot, the reference writes
+//! the default prompts (demonstrations) with its own code: every row's target, source and
+//! demonstrations must equal ours, and the answer-line rule decides `correct` on both
+//! sides.
 
 mod common;
 
 use qwen_scope::patchscope::attributes::Attributes;
-use qwen_scope::patchscope::demonstrations::Demonstrations;
+use qwen_scope::patchscope::demonstrations::{
+    Demonstration, Demonstrations, DEFAULT_K, DEFAULT_SEED,
+};
 use qwen_scope::patchscope::relations::load_relation;
 use qwen_scope::CpuModel;
 
-fn compare_with_transformers(model: &CpuModel, reference: &str) {
+fn compare_with_transformers(model: &CpuModel, reference: &str, relation: &str) {
     let r: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(common::fixture("attributes").join(reference)).unwrap(),
     )
@@ -32,10 +38,17 @@ fn compare_with_transformers(model: &CpuModel, reference: &str) {
         settings["max_new"].as_u64().unwrap() as usize,
         settings["only_correct"].as_bool().unwrap(),
     );
+    // older fixtures predate demonstrations: their relation has target_templates
+    let demonstrations = Demonstrations {
+        k: settings["demonstrations"]
+            .as_u64()
+            .map_or(DEFAULT_K, |k| k as usize),
+        seed: settings["demo_seed"].as_u64().unwrap_or(DEFAULT_SEED),
+    };
     let relation = load_relation(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/relations/capitals.json"),
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relation),
         None,
-        Demonstrations::default(),
+        demonstrations,
     )
     .unwrap();
     let limit = settings["limit"].as_u64().unwrap() as usize;
@@ -46,6 +59,16 @@ fn compare_with_transformers(model: &CpuModel, reference: &str) {
     ours.extend(exp.evaluate(&rows[mid..]).unwrap());
     let want = r["rows"].as_array().unwrap();
     assert_eq!(ours.len(), want.len());
+    // the prompts, built by each side's own code
+    for ((_, row), w) in rows.iter().zip(want) {
+        let what = format!("{reference} line {} ({})", row.line, row.subject);
+        assert_eq!(row.target, w["target"].as_str().unwrap(), "{what}: target");
+        assert_eq!(row.source, w["source"].as_str().unwrap(), "{what}: source");
+        let demos: Vec<Demonstration> =
+            serde_json::from_value(w.get("demonstrations").cloned().unwrap_or_default())
+                .unwrap_or_default();
+        assert_eq!(row.demonstrations, demos, "{what}: demonstrations");
+    }
     let (mut cells, mut near_ties) = (0, 0);
     for (o, w) in ours.iter().zip(want) {
         let what = format!("{reference} row {} ({})", o.row, o.subject);
@@ -98,7 +121,17 @@ fn compare_with_transformers(model: &CpuModel, reference: &str) {
 #[test]
 fn attributes_equal_the_transformers_reference_on_the_fixture() {
     let model = CpuModel::load(common::fixture("tiny-qwen2").to_str().unwrap(), None).unwrap();
-    compare_with_transformers(&model, "tiny-qwen2.json");
+    compare_with_transformers(&model, "tiny-qwen2.json", "data/relations/capitals.json");
+}
+
+#[test]
+fn demonstration_prompts_equal_the_transformers_reference_on_the_fixture() {
+    let model = CpuModel::load(common::fixture("tiny-qwen2").to_str().unwrap(), None).unwrap();
+    compare_with_transformers(
+        &model,
+        "tiny-qwen2-cities.json",
+        "data/relations/cities.json",
+    );
 }
 
 #[test]
@@ -107,5 +140,22 @@ fn attributes_equal_the_transformers_reference_on_qwen() {
         return;
     };
     let model = CpuModel::load(dir.to_str().unwrap(), None).unwrap();
-    compare_with_transformers(&model, "qwen2.5-coder-0.5b.json");
+    compare_with_transformers(
+        &model,
+        "qwen2.5-coder-0.5b.json",
+        "data/relations/capitals.json",
+    );
+}
+
+#[test]
+fn demonstration_prompts_equal_the_transformers_reference_on_qwen() {
+    let Some(dir) = common::real_model_dir("qwen2.5-coder-0.5b") else {
+        return;
+    };
+    let model = CpuModel::load(dir.to_str().unwrap(), None).unwrap();
+    compare_with_transformers(
+        &model,
+        "qwen2.5-coder-0.5b-cities.json",
+        "data/relations/cities.json",
+    );
 }

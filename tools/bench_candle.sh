@@ -108,10 +108,17 @@ cat "$OUT/check.stdout"
 echo "== results: $MODEL, $DEVICE $DTYPE, $THREADS threads, median of $REPEAT" \
      "(ratio = candle / qwen-scope; > 1: qwen-scope faster)"
 printf '%-28s %14s %12s %8s\n' setting "qwen-scope ms" "candle ms" ratio
+# a ratio only over two measured times: a side whose output has no positive time for the
+# setting (it ran no step) gets "n/a" and the reason, never a number
 row() {
     local q c
     q=$(ms "qwen$2" "$3"); c=$(ms "candle$2" "$3")
-    printf '%-28s %14s %12s %8.2f\n' "$1" "$q" "$c" "$(awk -v c="$c" -v q="$q" 'BEGIN { print c / q }')"
+    if awk -v c="$c" -v q="$q" 'BEGIN { exit !(c + 0 > 0 && q + 0 > 0) }'; then
+        printf '%-28s %14s %12s %8.2f\n' "$1" "$q" "$c" "$(awk -v c="$c" -v q="$q" 'BEGIN { print c / q }')"
+    else
+        printf '%-28s %14s %12s %8s  (no ratio: a side measured no time for this setting)\n' \
+            "$1" "${q:-none}" "${c:-none}" n/a
+    fi
 }
 row "1 x $TOKENS prefill" 1 prefill
 row "1 row decode, per step" 1 decode

@@ -17,7 +17,9 @@ Every qwen-scope token-identity prediction (same layer) is compared with every P
 way's. A differing cell is tolerated when PyTorch's top-1 minus top-2 logit margin there
 is exactly 0 (a tie), or is <= --tol logits (default 0: ties only, for float32 runs; half
 precision runs pass a small tolerance, see tools/bench_gpu.sh). Exit status 1 when a
-mismatch exceeds it or qwen-scope's cells are not the expected ones.
+mismatch exceeds it or qwen-scope's cells are not the expected ones, 3 when there is
+nothing to compare: a ratio over a side that did no work (no token-identity cell, a
+timing of 0) is never printed; the script says why instead (tools/bench_ratio.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ import os
 import re
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_ratio import NOTHING_TO_COMPARE, Refusal, per_unit_ratio, speedup  # noqa: E402
 
 SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 
@@ -48,7 +53,8 @@ def read_sweep(out):
     assert m2, "no 'token identity alone' line in qwen-scope sweep stderr"
     assert int(m2[1]) == len(ti), (m2[1], len(ti))
     return {"samples": n_samples, "cells": all_cells, "cells_per_s": cells_per_s,
-            "secs": all_cells / cells_per_s,  # more digits than the printed "in Xs"
+            # more digits than the printed "in Xs" (which a run of no cell has alone)
+            "secs": all_cells / cells_per_s if cells_per_s > 0 else float(m[3]),
             "ti": ti, "ti_secs": float(m2[2])}
 
 
@@ -103,7 +109,12 @@ def torch_setting(t):
 
 
 def print_throughput(q, t):
+    """The throughput table; raises Refusal when qwen-scope timed no token-identity
+    cell. A PyTorch way that timed none gets "n/a" and the reason."""
     ti, ti_secs = q["ti"], q["ti_secs"]
+    if not ti or ti_secs <= 0:
+        raise Refusal(f"no speed-up: qwen-scope timed {len(ti)} token-identity cells in "
+                      f"{ti_secs}s (give the sweep validation prompts: VAL > 0)")
     qs_ti = len(ti) / ti_secs
     print(f"\nqwen-scope sweep: {q['samples']} samples, {q['cells']} cells "
           f"(token_identity + logit_lens + tuned_lens) in {q['secs']:.2f}s = "
@@ -119,8 +130,12 @@ def print_throughput(q, t):
           f"{qs_ti:9.1f} {'1.00':>13}")
     for name, w in t["ways"].items():
         label = f"torch ({w['way']}) {name}"
-        print(f"{label:<34} {w['seconds']:8.2f} {w['cells']:6d} {w['cells_per_s']:9.1f} "
-              f"{qs_ti / w['cells_per_s']:13.2f}")
+        rate = w["cells_per_s"] if w["cells"] > 0 and w["seconds"] > 0 else 0.0
+        try:
+            x = f"{per_unit_ratio(rate, qs_ti, base=label):13.2f}"
+        except Refusal as e:
+            x = f"  n/a: {e}"
+        print(f"{label:<34} {w['seconds']:8.2f} {w['cells']:6d} {rate:9.1f} {x}")
 
 
 def print_forward(benches, forwards, roof=None, dtype="float32"):
@@ -139,13 +154,26 @@ def print_forward(benches, forwards, roof=None, dtype="float32"):
         head = f"forward ({b} x {tk} prefill, {d} decode)"
         w = max(34, len(head))
         print(f"\n{head:<{w}} {'qwen-scope':>11} {'torch':>9} {'speedup':>8}")
-        print(f"{'prefill ms':<{w}} {qp:11.2f} {f['prefill_ms']:9.2f} "
-              f"{f['prefill_ms'] / qp:8.2f}")
+        print(f"{'prefill ms':<{w}} {_ms(qp):>11} {_ms(f['prefill_ms']):>9} "
+              f"{_times(f['prefill_ms'], qp)}")
         if d > 0:
-            print(f"{'decode ms/step':<{w}} {qd:11.2f} {f['decode_ms_per_step']:9.2f} "
-                  f"{f['decode_ms_per_step'] / qd:8.2f}")
+            print(f"{'decode ms/step':<{w}} {_ms(qd):>11} "
+                  f"{_ms(f['decode_ms_per_step']):>9} "
+                  f"{_times(f['decode_ms_per_step'], qd)}")
         if roof:
             print_roofline(q, f, roof, dtype, w)
+
+
+def _ms(x):
+    return f"{x:.2f}" if isinstance(x, (int, float)) else "none"
+
+
+def _times(torch_ms, qs_ms):
+    """torch_ms / qs_ms, or "n/a" and why (a time of 0 or none: nothing measured)."""
+    try:
+        return f"{speedup(1, torch_ms, 1, qs_ms, base='torch', unit='runs'):8.2f}"
+    except Refusal as e:
+        return f"{'n/a':>8} ({e})"
 
 
 def print_roofline(q, f, roof, dtype, w):
@@ -217,7 +245,11 @@ def main() -> int:
 
     q = read_sweep(args.out)
     t = json.load(open(os.path.join(args.out, "torch.json")))
-    print_throughput(q, t)
+    try:
+        print_throughput(q, t)
+    except Refusal as e:
+        print(e)
+        return NOTHING_TO_COMPARE
     roof = json.load(open(args.roofline)) if args.roofline else None
     print_forward(read_benches(args.out), torch_forwards(t), roof,
                   t.get("dtype", "float32"))

@@ -13,7 +13,8 @@
 # bench, tools/bench_torch.py (CPU, float32), then tools/bench_compare.py prints the
 # ratios (tools/bench_gpu.sh is the CUDA counterpart). Exit status 1 if the
 # token-identity predictions of qwen-scope and PyTorch differ in any cell (other
-# than an exact float tie on the PyTorch side), 2 on a missing tool.
+# than an exact float tie on the PyTorch side), 2 on a missing tool, 3 when there is nothing
+# to compare (a side timed no cell: tools/bench_compare.py says why and prints no ratio).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -29,7 +29,8 @@
 # tools/bench_torch.py (the three PyTorch ways and the same two forward benches), then
 # tools/bench_compare.py prints the ratios. Prints each step's wall time. Exit status 1
 # if a prediction mismatch exceeds the tolerance (or the PyTorch ways disagree beyond
-# theirs), 2 on a missing tool or GPU.
+# theirs), 2 on a missing tool or GPU, 3 when there is nothing to compare (a side timed no
+# cell: tools/bench_compare.py says why and prints no ratio).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -169,7 +170,7 @@ run_dtype() {
         rc=1
     }
     step "comparison ($dtype)" "$PYTHON" tools/bench_compare.py "$dir" "$start" \
-        --tol "$tol" --label "bench_gpu.sh $dtype" ${ROOF_ARGS[@]+"${ROOF_ARGS[@]}"} || rc=1
+        --tol "$tol" --label "bench_gpu.sh $dtype" ${ROOF_ARGS[@]+"${ROOF_ARGS[@]}"} || rc=$?
     return "$rc"
 }
 
@@ -189,9 +190,9 @@ main() {
             true
     fi
     if [ "$ROOFLINE" = 1 ]; then step "roofline (tools/gpu_roofline.py)" roofline; fi
-    run_dtype "$DTYPE" || rc=1
+    run_dtype "$DTYPE" || rc=$?
     if [ "$ALSO_F32" = 1 ] && [ "$DTYPE" != f32 ]; then
-        run_dtype f32 || rc=1
+        run_dtype f32 || rc=$?
     fi
     echo "== bench_gpu.sh total wall time: ${SECONDS}s (exit status $rc)"
     return "$rc"

@@ -2,7 +2,8 @@
 # The cost of the Python boundary: the same next-token sweep through the CLI and through
 # `import qwen_scope`, in one run, alternating, each as a fresh process (model load
 # included), best of REPEAT; then the ratio. The Python run's summary is checked equal to
-# the CLI's summary.csv, so both did the same work.
+# the CLI's summary.csv, so both did the same work; with no cell evaluated it prints no ratio
+# and exits with status 3, saying why (tools/bench_ratio.py).
 #
 #   tools/bench_python.sh [MODEL] [sweep flags...]    (default: models/qwen2.5-coder-0.5b,
 #                                                     the default sweep: 150 + 150 prompts)
@@ -62,12 +63,23 @@ with tempfile.TemporaryDirectory() as tmp:
         want = pd.read_csv(os.path.join(out, "summary.csv"))
         got = pd.read_csv(csv)
         pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12)
+        cells = len(pd.read_csv(os.path.join(out, "samples.csv")))
         print(f"run {i + 1}: CLI {cli_times[-1]:.2f}s, Python {py_times[-1]:.2f}s "
               f"(load {load:.2f}s, sweep {sweep:.2f}s)", flush=True)
 
 c, p = min(cli_times), min(py_times)
+sys.path.insert(0, "tools")
+from bench_ratio import NOTHING_TO_COMPARE, Refusal, speedup  # noqa: E402
+
 print(f"model {model}, sweep flags {' '.join(flags) or '(defaults)'}, best of {repeat}")
 print(f"CLI    {c:.2f}s  (process: load, sweep, tables and plots)")
 print(f"Python {p:.2f}s  (process: import, load, sweep into DataFrames; sweep alone {min(py_sweep):.2f}s)")
-print(f"ratio Python / CLI = {p / c:.3f}  ({(p / c - 1) * 100:+.1f}%)")
+# both sides did the same work (equal summaries); a ratio needs some (samples.csv cells)
+try:
+    x = speedup(cells, p, cells, c, unit="cells", base="Python",
+                ours="CLI", hint="the sweep evaluated nothing: give it --val > 0")
+except Refusal as e:
+    print(e)
+    sys.exit(NOTHING_TO_COMPARE)
+print(f"ratio Python / CLI = {x:.3f}  ({(x - 1) * 100:+.1f}%)")
 PYEOF

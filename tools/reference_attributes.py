@@ -4,8 +4,8 @@
 Usage:
     python tools/reference_attributes.py --model DIR --relations FILE [FILE ...] \
         [--source-layers LIST] [--target-layers LIST] [--max-new N] [--all-rows] \
-        [--limit N] [--target PROMPT] [--way per-cell|batched] [--batch B] [--check] \
-        [--time] [--threads K] --out FILE.json
+        [--limit N] [--target PROMPT] [--demonstrations K] [--demo-seed S] \
+        [--way per-cell|batched] [--batch B] [--check] [--time] [--threads K] --out FILE.json
 
     LIST: all (default: 0..L-1), 3, 0-5, 0,4,8-10, 0-23:4 (a range with a step).
 
@@ -29,11 +29,28 @@ Protocol (the Rust command follows the same one):
       containing "\\n"; the official notebook's two hand-picked rows (star_constellation
       with "service" in prompt_source, object_superclass with "Swainson ’ s hawk and
       the prairie"); subject or object empty or whitespace; subject not in prompt_source.
-    - LRE: relation name = "name"; target = target_templates[0], else the first prompt
-      template containing "{}" after some context (not at its start) cut at "{}" plus "x" ("The capital city of {} is" ->
-      "The capital city of x"); source text = that template with the subject in place of
-      "{}" (with no such template: the target with its placeholder replaced by the
-      subject). Samples with an empty/whitespace subject or object are dropped.
+    - LRE: relation name = "name". Samples with an empty/whitespace subject or object
+      are dropped. With --target or target_templates (target = --target, else
+      target_templates[0]), or with --demonstrations 0: target = that, else the first
+      prompt template containing "{}" after some context (not at its start) cut at "{}"
+      plus "x" ("The capital city of {} is" -> "The capital city of x"); source text =
+      that template with the subject in place of "{}" (with no such template: the target
+      with its placeholder replaced by the subject).
+    - LRE default (--demonstrations K > 0, no --target, no target_templates): K
+      demonstrations, written by this script's own code from the rule of
+      src/patchscope/demonstrations.rs:
+      template T = the first prompt template with "{}" after some context, else the
+      first with "{}"; pool = samples (index i in the file) whose subject and object are
+      not blank and hold neither "\n" nor "x"; order = the pool sorted by
+      (splitmix64((splitmix64(seed) + i) mod 2^64), i); a row's demonstrations = the
+      first K of that order that are not its own sample and whose subject and object
+      both differ from the row's subject and object; a line = T with the subject, " ",
+      the object; target = the lines each followed by "\n", then T with "x"; source = T
+      with the subject where T has context before "{}", else the lines then T with the
+      subject, the subject ending where that last line's slot ends; a slot-first row
+      with no demonstration left is dropped ("no sample left to demonstrate the
+      relation"). A generation (baseline or patched) of such a row is judged on its text
+      before its first "\n".
     - --target overrides every row's target prompt.
     - --limit N keeps the first N kept rows of each file, in file order; "row" is the
       0-based index among the kept rows of its file, "line" the 1-based line where the
@@ -121,6 +138,7 @@ NEWLINE_SOURCE = "prompt_source contains a newline"
 HAND_PICKED = "dropped by hand in the official notebook"
 EMPTY_FIELD = "empty subject or object"
 SUBJECT_MISSING = "subject not in prompt_source"
+NO_DEMONSTRATION = "no sample left to demonstrate the relation"
 
 
 # ---------------------------------------------------------------- relations
@@ -134,9 +152,61 @@ def fill_placeholder(target: str, subject: str) -> str:
     return target[:m.start()] + subject + target[m.end():]
 
 
-def load_lre(path, target_override):
+def demonstration_rows(lre, k, seed):
+    """The default LRE prompts: (rows, dropped) with k demonstrations before each query
+    (the rule in the docstring), or None when no template has a "{}" slot."""
+    with_slot = [t for t in lre.get("prompt_templates", []) if "{}" in t]
+    context = [t for t in with_slot if not t.lstrip().startswith("{}")]
+    if not with_slot:
+        return None
+    template = (context or with_slot)[0]
+    slot_first = not context
+
+    def usable(text):
+        return text.strip() != "" and "\n" not in text and "x" not in text
+
+    samples = lre["samples"]
+    base = reference_sweep.splitmix64(seed)
+    pool = sorted(
+        (reference_sweep.splitmix64((base + i) & reference_sweep.MASK64), i)
+        for i, s in enumerate(samples) if usable(s["subject"]) and usable(s["object"]))
+    order = [i for _, i in pool]
+    rows, dropped = [], {}
+    for i, s in enumerate(samples):
+        subject, obj = s["subject"], s["object"]
+        if not subject.strip() or not obj.strip():
+            dropped[EMPTY_FIELD] = dropped.get(EMPTY_FIELD, 0) + 1
+            continue
+        mine = {subject, obj}
+        demos = []
+        for j in order:
+            if len(demos) == k:
+                break
+            d = samples[j]
+            if j != i and d["subject"] not in mine and d["object"] not in mine:
+                demos.append(dict(line=j + 1, subject=d["subject"], object=d["object"]))
+        if not demos and slot_first:
+            dropped[NO_DEMONSTRATION] = dropped.get(NO_DEMONSTRATION, 0) + 1
+            continue
+        lines = "".join(template.replace("{}", d["subject"], 1) + " " + d["object"] + "\n"
+                        for d in demos)
+        target = lines + template.replace("{}", PLACEHOLDER, 1)
+        head = lines if slot_first else ""
+        source = head + template.replace("{}", subject, 1)
+        subject_end = len(head) + template.index("{}") + len(subject)
+        assert source[subject_end - len(subject):subject_end] == subject
+        rows.append(dict(line=i + 1, subject=subject, object=obj, target=target,
+                         source=source, subject_end=subject_end, demonstrations=demos))
+    return rows, dropped
+
+
+def load_lre(path, target_override, demonstrations=0, demo_seed=0):
     with open(path, encoding="utf-8") as f:
         lre = json.load(f)
+    if target_override is None and not lre.get("target_templates") and demonstrations > 0:
+        found = demonstration_rows(lre, demonstrations, demo_seed)
+        if found is not None:
+            return (lre["name"],) + found
     # only templates with context before the slot: "{} is led by" would put a one-token
     # subject at position 0, the attention sink
     templates = [t for t in lre.get("prompt_templates", [])
@@ -150,7 +220,7 @@ def load_lre(path, target_override):
         target = template[:template.index("{}")] + PLACEHOLDER
     else:
         sys.exit(f"{path}: no target prompt (target_templates, a template with context "
-                 "before its {{}} slot, or --target)")
+                 "before its {{}} slot, --target, or --demonstrations K > 0)")
     rows, dropped = [], {}
     for i, s in enumerate(lre["samples"]):
         subject, obj = s["subject"], s["object"]
@@ -219,9 +289,9 @@ def load_tsv(path, target_override):
     return name, rows, dropped
 
 
-def load_relation(path, target_override):
+def load_relation(path, target_override, demonstrations=0, demo_seed=0):
     if path.endswith(".json"):
-        return load_lre(path, target_override)
+        return load_lre(path, target_override, demonstrations, demo_seed)
     if path.endswith(".tsv"):
         return load_tsv(path, target_override)
     sys.exit(f"{path}: relation files must end in .json (LRE) or .tsv (official)")
@@ -248,7 +318,10 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     return layers
 
 
-def is_correct(obj: str, generated: str) -> bool:
+def is_correct(obj: str, generated: str, demonstrations=False) -> bool:
+    """The official rule; with demonstrations, on the generation's first line only."""
+    if demonstrations:
+        generated = generated.split("\n")[0]
     return obj.replace(" ", "") in generated.replace(" ", "")
 
 
@@ -395,14 +468,19 @@ def prepare(tok, model, relations, args, source_layers):
                      source_top1=None, source_margin=None,
                      target=row["target"], target_position=t_pos, baseline_prompt=prompt,
                      baseline=baseline, baseline_ids=b_ids, baseline_margins=b_margins,
-                     baseline_correct=is_correct(row["object"], baseline),
+                     baseline_correct=is_correct(row["object"], baseline,
+                                                 bool(row.get("demonstrations"))),
                      evaluated=False, skipped=None,
                      generations=[], correct=[], ids=[], margins=[])
+            if row.get("demonstrations"):
+                r["demonstrations"] = row["demonstrations"]
             r["evaluated"] = r["baseline_correct"] or args.all_rows
             reps = None
             if r["evaluated"]:
                 enc = encode(tok, row["source"])
-                end = row["source"].index(row["subject"]) + len(row["subject"])
+                end = row.get("subject_end")
+                if end is None:
+                    end = row["source"].index(row["subject"]) + len(row["subject"])
                 pos = token_ending_at(enc.offsets, end)
                 if pos is None:
                     r["evaluated"] = False
@@ -478,8 +556,8 @@ def run(tok, model, relations, args, source_layers, target_layers, way):
                             for si in range(ns)]
             r["generations"] = [[tok.decode(i, skip_special_tokens=False) for i in row]
                                 for row in r["ids"]]
-            r["correct"] = [[is_correct(r["object"], g) for g in row]
-                            for row in r["generations"]]
+            r["correct"] = [[is_correct(r["object"], g, bool(r.get("demonstrations")))
+                             for g in row] for row in r["generations"]]
         rows.append(r)
     wall = time.perf_counter() - t0
     return rows, len(cells), wall
@@ -542,6 +620,10 @@ def main() -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--relations", required=True, nargs="+")
     ap.add_argument("--target", help="target prompt with the placeholder x (overrides)")
+    ap.add_argument("--demonstrations", type=int, default=3,
+                    help="demonstrations before LRE queries without a target (0: none)")
+    ap.add_argument("--demo-seed", type=int, default=0,
+                    help="seed of the order of the demonstrations")
     ap.add_argument("--source-layers", default="all")
     ap.add_argument("--target-layers", default="all")
     ap.add_argument("--max-new", type=int, default=10)
@@ -565,7 +647,8 @@ def main() -> int:
 
     relations, dropped = [], {}
     for path in args.relations:
-        name, rows, drops = load_relation(path, args.target)
+        name, rows, drops = load_relation(path, args.target, args.demonstrations,
+                                          args.demo_seed)
         if any(n == name for n, _ in relations):
             sys.exit(f"two relation files named {name!r}")
         kept = len(rows)
@@ -615,7 +698,8 @@ def main() -> int:
         "settings": {"source_layers": source_layers, "target_layers": target_layers,
                      "max_new": args.max_new, "only_correct": not args.all_rows,
                      "limit": args.limit, "target": args.target, "way": args.way,
-                     "batch": args.batch},
+                     "batch": args.batch, "demonstrations": args.demonstrations,
+                     "demo_seed": args.demo_seed},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "numpy": np.__version__,
                      "tokenizers": tokenizers.__version__},
