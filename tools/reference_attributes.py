@@ -49,8 +49,9 @@ Protocol (the Rust command follows the same one):
       with the subject where T has context before "{}", else the lines then T with the
       subject, the subject ending where that last line's slot ends; a slot-first row
       with no demonstration left is dropped ("no sample left to demonstrate the
-      relation"). A generation (baseline or patched) of such a row is judged on its text
-      before its first "\n".
+      relation"). A generation (baseline or patched) of such a row is correct iff the
+      object occurs in its text before its first "\n" as whole words (case-sensitive, no
+      letter or digit right before or after it).
     - --target overrides every row's target prompt.
     - --limit N keeps the first N kept rows of each file, in file order; "row" is the
       0-based index among the kept rows of its file, "line" the 1-based line where the
@@ -319,10 +320,20 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
 
 
 def is_correct(obj: str, generated: str, demonstrations=False) -> bool:
-    """The official rule; with demonstrations, on the generation's first line only."""
-    if demonstrations:
-        generated = generated.split("\n")[0]
-    return obj.replace(" ", "") in generated.replace(" ", "")
+    """The official rule (the object without spaces in the generation without spaces);
+    with demonstrations: the object as whole words (no letter or digit right before or
+    after it, case-sensitive) in the generation's first line."""
+    if not demonstrations:
+        return obj.replace(" ", "") in generated.replace(" ", "")
+    line = generated.split("\n")[0]
+    start = line.find(obj)
+    while obj and start >= 0:
+        end = start + len(obj)
+        if not (start > 0 and line[start - 1].isalnum()) and \
+                not (end < len(line) and line[end].isalnum()):
+            return True
+        start = line.find(obj, start + 1)
+    return False
 
 
 # ---------------------------------------------------------------- model

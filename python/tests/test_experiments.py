@@ -122,6 +122,25 @@ def test_attributes_dataframes_equal_the_clis_summary(qwen, cli, tmp_path):
         assert mine.correct.tolist() == [c for per in r["correct"] for c in per]
 
 
+def test_attributes_demonstrations_as_the_cli(qwen, cli, tmp_path):
+    # a template that starts with its slot: the default prompts have demonstrations
+    rel = ROOT / "data" / "relations" / "cities.json"
+    out = tmp_path / "attr"
+    cli("attributes", "--model", FIXTURES / "tiny-qwen2", "--relations", rel, "--all-rows",
+        "--source-layers", "1", "--target-layers", "0", "--limit", "5", "--max-new", "3",
+        "--demonstrations", "2", "--demo-seed", "5", "--out", out)
+    res = qwen.attributes(rel, all_rows=True, source_layers=1, target_layers=0, limit=5,
+                          max_new=3, demonstrations=2, demo_seed=5, progress=False)
+    rows = [json.loads(l) for l in (out / "rows.jsonl").read_text().splitlines()]
+    want = ["\n".join(f"{d['subject']} => {d['object']}" for d in r["demonstrations"])
+            for r in rows]
+    assert all(len(r["demonstrations"]) == 2 for r in rows)
+    assert res.rows.demonstrations.tolist() == want
+    assert res.cells.generation.tolist() == [r["generations"][0][0] for r in rows]
+    run = json.loads((out / "run.json").read_text())
+    assert (run["demonstrations"]["k"], run["demonstrations"]["seed"]) == (2, 5)
+
+
 def test_inspect_equals_the_cli(qwen, cli):
     p = cli("inspect", "--model", FIXTURES / "tiny-qwen2", "--source", "Leonardo DiCaprio",
             "--layers", "0-3", "--max-new", "6", "--target-layer", "2")

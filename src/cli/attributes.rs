@@ -22,8 +22,9 @@ pub struct AttributesArgs {
     /// Demonstrations before each LRE query: K other samples of the relation written with
     /// its template (never the row's own subject or object), then the template with "x";
     /// the source gets them too where the template starts with its slot, and a generation
-    /// is judged on its first line. Used where neither --target nor the file's
-    /// target_templates give the target; 0: the template cut at its slot, without them.
+    /// is correct iff its first line holds the object as whole words. Used where neither
+    /// --target nor the file's target_templates give the target; 0: the template cut at its
+    /// slot, without them.
     #[arg(long, default_value_t = demonstrations::DEFAULT_K, value_name = "K")]
     pub demonstrations: usize,
     /// Seed of the order in which each relation's samples are drawn as demonstrations.

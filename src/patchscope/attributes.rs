@@ -3,7 +3,7 @@
 //! check whether the object appears, for every (source layer, target layer). Relation files
 //! are read by [`super::relations`].
 
-use super::demonstrations::{answer, Demonstration};
+use super::demonstrations::{answers, Demonstration};
 use super::relations::{fill_placeholder, AttributeRow, PLACEHOLDER};
 use super::target::Target;
 use super::{source_site, target_site};
@@ -147,7 +147,7 @@ impl<'m, E: Engine> Attributes<'m, E> {
             .zip(baselines)
             .map(|(&(index, row), baseline)| {
                 let shots = !row.demonstrations.is_empty();
-                let baseline_correct = is_correct(&row.object, answer(&baseline, shots));
+                let baseline_correct = answers(&row.object, &baseline, shots);
                 RowResult {
                     row: index,
                     line: row.line,
@@ -221,7 +221,7 @@ impl<'m, E: Engine> Attributes<'m, E> {
                     let r = &mut results[sources[k].0];
                     let text = model.tokenizer().decode(&tokens)?;
                     let shots = !r.demonstrations.is_empty();
-                    r.correct[si][ti] = is_correct(&r.object, answer(&text, shots));
+                    r.correct[si][ti] = answers(&r.object, &text, shots);
                     r.generations[si][ti] = text;
                 }
             }

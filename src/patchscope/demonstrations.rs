@@ -31,13 +31,17 @@
 //!   in that last line;
 //! - **answer**: with demonstrations the model answers on one line and then tends to write
 //!   further demonstrations of its own, which may name the object by chance; a generation
-//!   (baseline or patched) is judged on its text before its first newline.
+//!   (baseline or patched) is judged on its text before its first newline, and is correct
+//!   iff the object occurs there as whole words: case-sensitive, not preceded or followed
+//!   by a letter or digit. The official rule (the object without spaces anywhere in the
+//!   generation without spaces) would take " woman" for "man" and " women" for "men".
 //!
 //! `--target` or a file's `target_templates` replace the default target (and then no
 //! demonstrations are used); `--demonstrations 0` gives the prompts without them: the
 //! template cut at its slot ("The capital city of x"), which files whose templates all
 //! start with the slot do not have.
 
+use super::attributes::is_correct;
 use super::relations::PLACEHOLDER;
 use super::splitmix64;
 use serde::{Deserialize, Serialize};
@@ -181,14 +185,22 @@ fn slot_first(template: &str) -> bool {
     template.trim_start().starts_with("{}")
 }
 
-/// The part of a generation that answers the query: all of it without demonstrations,
-/// else the text before its first newline.
-pub fn answer(generated: &str, with_demonstrations: bool) -> &str {
-    if with_demonstrations {
-        generated.split(SEPARATOR).next().unwrap_or("")
-    } else {
-        generated
+/// Whether a generation names `object`: without demonstrations by the official rule
+/// ([`is_correct`]), with them as whole words in its first line.
+pub fn answers(object: &str, generated: &str, with_demonstrations: bool) -> bool {
+    if !with_demonstrations {
+        return is_correct(object, generated);
     }
+    let line = generated.split(SEPARATOR).next().unwrap_or("");
+    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    // every occurrence, overlapping ones too
+    !object.is_empty()
+        && (0..line.len()).any(|i| {
+            line.is_char_boundary(i)
+                && line[i..].starts_with(object)
+                && !word(line[..i].chars().next_back())
+                && !word(line[i + object.len()..].chars().next())
+        })
 }
 
 #[cfg(test)]
@@ -272,9 +284,16 @@ mod tests {
     }
 
     #[test]
-    fn the_answer_is_the_first_line_with_demonstrations() {
-        assert_eq!(answer(" France\nLyon is part of Italy", true), " France");
-        assert_eq!(answer("\nItaly", true), "");
-        assert_eq!(answer(" France\nItaly", false), " France\nItaly");
+    fn with_demonstrations_the_answer_is_whole_words_of_the_first_line() {
+        assert!(answers("France", " France\nLyon is part of Italy", true));
+        assert!(!answers("Italy", " France\nLyon is part of Italy", true));
+        assert!(answers("Italy", " France\nLyon is part of Italy", false));
+        assert!(answers("United States", " the United States.", true));
+        assert!(!answers("man", " woman\n", true));
+        assert!(answers("man", " woman\n", false), "the official rule");
+        assert!(!answers("men", " women", true));
+        assert!(answers("b", " b, as in bee", true));
+        assert!(!answers("Paris", "\nParis", true));
+        assert!(!answers("paris", " Paris", true), "case-sensitive");
     }
 }

@@ -190,7 +190,7 @@ impl<'m, E: Engine> Extraction<'m, E> {
             "k": d.k,
             "seed": d.seed,
             "separator": SEPARATOR.to_string(),
-            "answer": "with demonstrations, a generation's text before its first newline",
+            "answer": "the object as whole words in the generation's first line",
             "relations": relations,
         })
     }
