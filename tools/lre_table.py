@@ -2,13 +2,15 @@
 """Markdown tables of `qwen-scope attributes` runs on LRE relation files, as in
 docs/ATTRIBUTES.md (Python standard library only).
 
-    python tools/lre_table.py RUN [--without RUN_K0]
+    python tools/lre_table.py RUN [--without RUN_K0] [--tsv RUN_TSV]
 
 RUN is a results folder (run.json, summary.json, rows.jsonl); its relation files are read
 again from the paths in run.json for their kind (the folder above the file), sample count,
 template and distinct objects. With --without (the same files and settings run with
 --demonstrations 0), the relations both runs have are also compared: rows known unpatched
-and accuracy, without and with the demonstrations.
+and accuracy, without and with the demonstrations. With --tsv (a run on the official
+TSVs with the same layers and limit), the relations that are in both formats (matched by
+file name) get its rows known unpatched and accuracy beside the LRE ones.
 """
 
 from __future__ import annotations
@@ -61,31 +63,56 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run")
     ap.add_argument("--without", help="the same run with --demonstrations 0")
+    ap.add_argument("--tsv", help="a run on the official TSVs, same layers and limit")
     a = ap.parse_args()
     run, summary, rows, files = load(a.run)
+    tsv = {}
+    if a.tsv:
+        run_t = json.load(open(os.path.join(a.tsv, "run.json")))
+        assert (run_t["source_layers"], run_t["target_layers"], run_t["limit"]) == \
+            (run["source_layers"], run["target_layers"], run["limit"]), \
+            "the TSV run differs in layers or limit"
+        tsv = {s["relation"]: s for s in
+               json.load(open(os.path.join(a.tsv, "summary.json")))["summary"]}
     src, tgt = run["source_layers"], run["target_layers"]
     mid_s = [l for l in src if 4 <= l <= 16]
     early_t = [l for l in tgt if l <= 8]
     band_name = f"mean, source {mid_s[0]}-{mid_s[-1]} -> target {early_t[0]}-{early_t[-1]}" \
         if mid_s and early_t else "band"
     order = sorted(files, key=lambda n: (files[n]["kind"], files[n]["stem"]))
+    extra = " TSV: known unpatched | TSV: best cell | TSV: band |" if tsv else ""
     print(f"| relation | kind | samples | objects | slot first | known unpatched "
-          f"(first {run['limit']}) | best cell, source -> target | {band_name} |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"(first {run['limit']}) | best cell, source -> target | {band_name} |{extra}")
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|---|" if tsv else ""))
     tot = dict(rows=0, known=0)
     for name in order:
         f, s = files[name], summary[name]
         tot["rows"] += s["rows"]
         tot["known"] += s["known_unpatched"]
+        t = tsv.get(f["stem"])
+        more = "" if not tsv else " | | |" if t is None else \
+            f" {t['known_unpatched']} of {t['rows']} | {best(t)} | {band(t, mid_s, early_t)} |"
         print(f"| {f['stem']} | {f['kind']} | {f['samples']} | {f['objects']} | "
               f"{'yes' if f['slot_first'] else 'no'} | {s['known_unpatched']} of {s['rows']} | "
-              f"{best(s)} | {band(s, mid_s, early_t)} |")
+              f"{best(s)} | {band(s, mid_s, early_t)} |{more}")
     s = summary["all"]
     slot_first = [n for n in order if files[n]["slot_first"]]
     sf_rows = sum(summary[n]["rows"] for n in slot_first)
     sf_known = sum(summary[n]["known_unpatched"] for n in slot_first)
+    more = ""
+    if tsv:
+        t = tsv["all"]
+        more = f" **{t['known_unpatched']} of {t['rows']}** | {best(t)} | " \
+            f"{band(t, mid_s, early_t)} |"
     print(f"| **all {len(order)}** | | | | {len(slot_first)} | **{tot['known']} of "
-          f"{tot['rows']}** | {best(s)} | {band(s, mid_s, early_t)} |")
+          f"{tot['rows']}** | {best(s)} | {band(s, mid_s, early_t)} |{more}")
+    if tsv:
+        both = [n for n in order if files[n]["stem"] in tsv]
+        k_l = sum(summary[n]["known_unpatched"] for n in both)
+        k_t = sum(tsv[files[n]["stem"]]["known_unpatched"] for n in both)
+        print(f"\nthe {len(both)} relations in both formats: {k_l} rows known unpatched "
+              f"(LRE, demonstrations) against {k_t} (official TSVs), of "
+              f"{sum(summary[n]['rows'] for n in both)} each")
     print(f"\nslot-first files: {sf_known} of {sf_rows} rows known unpatched; "
           f"evaluated rows in all: {s['evaluated']}")
 

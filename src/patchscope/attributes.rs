@@ -71,7 +71,8 @@ pub struct RowResult {
     /// [source layer index][target layer index] -> correct; generations alongside.
     pub correct: Vec<Vec<bool>>,
     pub generations: Vec<Vec<String>>,
-    /// The samples written before the query (then only a generation's first line counts).
+    /// The samples written before the query (then a generation is judged by
+    /// [`super::demonstrations::answers`]: the object as whole words of its first line).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub demonstrations: Vec<Demonstration>,
 }
