@@ -23,8 +23,10 @@ unset QWEN_SCOPE_EMU_CARD QWEN_SCOPE_EMU_CC QWEN_SCOPE_EMU_DRIVER
 
 step() { echo; echo "== $*"; }
 
+# The fatbin and build record of the binaries just built (the newest of the build folders).
+built="$(dirname "$(ls -t target/release/build/qwen-scope-*/out/qwen_scope_kernels.fatbin | head -1)")"
 step "the emulator's self-test"
-"$emu/selftest" target/release/build/qwen-scope-*/out/qwen_scope_kernels.fatbin
+"$emu/selftest" "$built/qwen_scope_kernels.fatbin"
 
 # qwen2_05b_parity compares with a transformers reference made by torch on the GPU
 # (tools/gpu_parity.py, tools/gpu-check.sh): no torch here, so it alone is left out.
@@ -81,7 +83,7 @@ refuses() {  # WHAT PATTERN ENV...
   echo "$what: refused (exit $rc): $(grep -m1 "$pattern" "$out/refused.log")"
 }
 step "cards this build cannot serve"
-sass="$(grep -o 'SASS: .*' target/release/build/qwen-scope-*/out/qwen_scope_kernels.txt | head -1)"
+sass="$(grep -o 'SASS: .*' "$built/qwen_scope_kernels.txt")"
 echo "this build: $sass"
 if ! grep -q "sm_60" <<< "$sass"; then
   refuses "P100 (sm_60)" "QWEN_SCOPE_CUDA_ARCHS=60" QWEN_SCOPE_EMU_CARD=p100
@@ -91,7 +93,7 @@ refuses "a T4 with driver 12.4 (R550, Colab)" "tools/build_cu12.sh" QWEN_SCOPE_E
 # Last, as it rebuilds target/release/qwen-scope: the build for older cards and drivers.
 step "the CUDA 12.4 build (tools/build_cu12.sh) on an emulated P100 (sm_60) and T4, driver 12.4"
 QWEN_SCOPE_CUDA_ARCHS=60,75 tools/build_cu12.sh --bin qwen-scope
-grep -q "NVRTC 12.4" target/release/build/qwen-scope-*/out/qwen_scope_kernels.txt
+grep -q "NVRTC 12.4" "$(ls -t target/release/build/qwen-scope-*/out/qwen_scope_kernels.txt | head -1)"
 for card in p100 t4; do
   for dt in f32 f16; do
     QWEN_SCOPE_EMU_CARD=$card timeout 600 "$bin" sweep --model tests/fixtures/tiny-qwen2 --device cuda \
