@@ -18,10 +18,10 @@ pub fn to_py(e: Error, context: Option<&str>) -> PyErr {
         None => e.to_string(),
     };
     match &e {
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+        Error::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
             PyFileNotFoundError::new_err(msg)
         }
-        Error::Io { .. } => PyOSError::new_err(msg),
+        Error::Io { .. } | Error::Write { .. } => PyOSError::new_err(msg),
         Error::ModelNotFound(_) => PyFileNotFoundError::new_err(msg),
         Error::Config { .. }
         | Error::UnknownArchitecture(_)
