@@ -12,7 +12,7 @@
 # name to STEPS):
 #   models      the real models the tests compare against transformers, by
 #               tools/get_model.sh (cached in ~/.cache/qwen-scope/wheels: a rerun is offline)
-#   rust        cargo test --release: every Rust test (the GPU tests are ignored, by name,
+#   rust        cargo test --release --no-fail-fast: every Rust test (the GPU tests are ignored, by name,
 #               where no GPU is; tools/gpu-check.sh runs them on one)
 #   privileged  the ignored tests that need the machine's help: a real full disk (mounts a
 #               tmpfs: root), the AMX LM-head screen (a CPU with AMX-BF16); each runs where
@@ -59,7 +59,8 @@ step_models() {
 }
 
 step_rust() {
-  logged rust cargo test --release
+  # --no-fail-fast: every test binary runs, and the summary names every failure
+  logged rust cargo test --release --no-fail-fast
   count_cargo rust rust
   if [ "$RC" -ne 0 ]; then
     local t
@@ -70,7 +71,7 @@ step_rust() {
     while IFS= read -r t; do note "  (their model: $t)"; done < <(
       grep -o 'install it with `tools/get_model.sh [^`]*`' "$LOG/rust.log" | sort -u
     )
-    fail "cargo test --release failed (log: $LOG/rust.log)"
+    fail "cargo test --release --no-fail-fast failed (log: $LOG/rust.log)"
   fi
 }
 
