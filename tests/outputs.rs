@@ -73,7 +73,12 @@ fn check_whole(dir: &Path) -> Vec<String> {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let bytes = std::fs::read(&path).unwrap();
         let whole = |ok: bool, why: &str| assert!(ok, "{name} is not whole: {why}");
-        match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        // a temporary file left by a kill between naming it and renaming it: whole too
+        let real = match name.split_once(".qwen-scope-tmp.") {
+            Some((real, _)) => PathBuf::from(real.trim_start_matches('.')),
+            None => path.clone(),
+        };
+        match real.extension().and_then(|e| e.to_str()).unwrap_or("") {
             "json" => whole(
                 serde_json::from_slice::<serde_json::Value>(&bytes).is_ok(),
                 "JSON",
@@ -311,6 +316,12 @@ fn whole_or_absent_when_killed() {
         let (code, err) = run_limited("true", &again);
         assert_eq!(code, 0, "killed at {i}/8: {err}");
         assert_eq!(std::fs::read(out.join("summary.csv")).unwrap(), want);
+        // the run that finished cleared what the killed one left
+        let left: Vec<String> = check_whole(&out)
+            .into_iter()
+            .filter(|n| n.contains(".qwen-scope-tmp."))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
 

