@@ -66,7 +66,7 @@ def _cargo_target():
 @pytest.fixture(scope="session")
 def cli():
     """The qwen-scope binary: $QWEN_SCOPE_BIN, else target/release/qwen-scope (built by
-    `cargo test --release` / `cargo build --release`, which .ci/run runs first)."""
+    `cargo test --release` / `cargo build --release`, which tools/test.sh runs first)."""
     path = Path(os.environ.get("QWEN_SCOPE_BIN", _cargo_target() / "release" / "qwen-scope"))
     if not path.is_file():
         pytest.fail(f"{path} not found: run `cargo build --release` first (or set QWEN_SCOPE_BIN)")

@@ -71,7 +71,7 @@ pub fn attributes<E: Engine>(
             "{}: {} rows to evaluate; dropped: {}",
             r.name,
             r.rows.len(),
-            describe_dropped(&r.dropped)
+            r.describe_dropped()
         );
         // every target prompt is checked (and run once) before the results folder exists
         ext.check_targets(r)?;
@@ -81,6 +81,7 @@ pub fn attributes<E: Engine>(
         "model": run_model.record(),
         "device": model.describe(),
         "relations": a.relations.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "relations_fingerprints": a.relations.iter().map(|p| qwen_scope::digest::file_fingerprint(p)).collect::<qwen_scope::Result<Vec<_>>>()?,
         "target": a.target,
         "source_layers": exp.source_layers,
         "target_layers": exp.target_layers,
