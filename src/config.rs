@@ -232,6 +232,30 @@ mod tests {
     }
 
     #[test]
+    fn qwen3_head_dim_biases_and_qk_norm() {
+        // transformers' Qwen3Config defaults: head_dim 128, attention_bias false, theta 1e4
+        let c = Config::from_json(&format!(r#"{{"model_type": "qwen3", {BASE}}}"#)).unwrap();
+        assert_eq!(c.arch, Arch::Qwen3);
+        assert_eq!((c.head_dim, c.q_dim(), c.kv_dim()), (128, 512, 256));
+        assert!(c.qk_norm && !c.qkv_bias && !c.o_bias);
+        assert_eq!(c.rope_theta, 1e4);
+        let c = Config::from_json(&format!(
+            r#"{{"architectures": ["Qwen3ForCausalLM"], {BASE}, "head_dim": 32, "attention_bias": true}}"#
+        ))
+        .unwrap();
+        assert_eq!((c.head_dim, c.q_dim()), (32, 128));
+        assert!(c.qk_norm && c.qkv_bias && c.o_bias);
+        // Qwen2: q/k/v biases whatever attention_bias says, none on o_proj, no q/k norm
+        let c = Config::from_json(&format!(
+            r#"{{"architectures": ["Qwen2ForCausalLM"], {BASE}, "attention_bias": false}}"#
+        ))
+        .unwrap();
+        assert!(c.qkv_bias && !c.o_bias && !c.qk_norm);
+        let odd = format!(r#"{{"model_type": "qwen3", {BASE}, "head_dim": 33}}"#);
+        assert!(Config::from_json(&odd).unwrap_err().contains("head_dim 33"));
+    }
+
+    #[test]
     fn rejects_unknown_architecture_and_bad_heads() {
         let gpt = format!(r#"{{"architectures": ["GPT2LMHeadModel"], {BASE}}}"#);
         assert!(Config::from_json(&gpt)
