@@ -25,7 +25,7 @@ pub enum Error {
     #[error("{path}: invalid config: {msg}")]
     Config { path: PathBuf, msg: String },
     #[error(
-        "unsupported architecture {0:?}: qwen-scope runs Qwen2ForCausalLM and LlamaForCausalLM"
+        "unsupported architecture {0:?}: qwen-scope runs Qwen2ForCausalLM, Qwen3ForCausalLM and LlamaForCausalLM"
     )]
     UnknownArchitecture(String),
     #[error("{path}: cannot read safetensors: {msg}")]

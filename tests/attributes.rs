@@ -100,6 +100,12 @@ fn attributes_equal_the_transformers_reference_on_the_fixture() {
 }
 
 #[test]
+fn attributes_equal_the_transformers_reference_on_the_qwen3_fixture() {
+    let model = CpuModel::load(common::fixture("tiny-qwen3").to_str().unwrap(), None).unwrap();
+    compare_with_transformers(&model, "tiny-qwen3.json");
+}
+
+#[test]
 fn qwen2_5_coder_0_5b_attributes_equal_the_transformers_reference() {
     let dir = common::real_model_dir("qwen2.5-coder-0.5b");
     let model = CpuModel::load(dir.to_str().unwrap(), None).unwrap();

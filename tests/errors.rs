@@ -112,6 +112,48 @@ fn unknown_architecture_and_mismatched_shapes() {
     assert!(load_err(dir.path()).contains("hidden_act"));
 }
 
+/// Qwen3's config and tensors must agree: head_dim, attention_bias and the q/k norms.
+#[test]
+fn qwen3_config_and_weights_must_agree() {
+    let dir = copy_fixture("tiny-qwen3");
+    edit_config(dir.path(), "\"head_dim\": 32", "\"head_dim\": 16");
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("model.layers.0.self_attn.q_proj.weight") && e.contains("[128, 64]"),
+        "{e}"
+    );
+
+    let dir = copy_fixture("tiny-qwen3");
+    edit_config(
+        dir.path(),
+        "\"attention_bias\": false",
+        "\"attention_bias\": true",
+    );
+    let e = load_err(dir.path());
+    assert!(e.contains("model.layers.0.self_attn.q_proj.bias"), "{e}");
+
+    let dir = copy_fixture("tiny-qwen3-untied-bias");
+    edit_config(
+        dir.path(),
+        "\"attention_bias\": true",
+        "\"attention_bias\": false",
+    );
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("q_proj.bias") && e.contains("attention_bias = false"),
+        "{e}"
+    );
+
+    // a Llama checkpoint labelled Qwen3: no q/k norms
+    let dir = copy_fixture("tiny-llama");
+    edit_config(dir.path(), "LlamaForCausalLM", "Qwen3ForCausalLM");
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("model.layers.0.self_attn.q_norm.weight") && e.contains("not found"),
+        "{e}"
+    );
+}
+
 #[test]
 fn out_of_range_layers_positions_rows_and_tokens() {
     let m = tiny();

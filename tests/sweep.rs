@@ -58,6 +58,8 @@ fn fast_path_equals_reference_path() {
         ("tiny-qwen2", true),
         ("tiny-llama", false),
         ("tiny-qwen2-untied", false),
+        ("tiny-qwen3", true),
+        ("tiny-qwen3-untied-bias", false),
     ] {
         let model = load(name);
         let seed = 3;
@@ -177,6 +179,15 @@ fn compare_with_transformers(model: &CpuModel, reference: &str) {
 fn metrics_equal_the_transformers_reference_on_fixtures() {
     compare_with_transformers(&load("tiny-qwen2"), "tiny-qwen2.json");
     compare_with_transformers(&load("tiny-llama"), "tiny-llama.json");
+}
+
+#[test]
+fn metrics_equal_the_transformers_reference_on_qwen3_fixtures() {
+    compare_with_transformers(&load("tiny-qwen3"), "tiny-qwen3.json");
+    compare_with_transformers(
+        &load("tiny-qwen3-untied-bias"),
+        "tiny-qwen3-untied-bias.json",
+    );
 }
 
 #[test]

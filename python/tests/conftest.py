@@ -15,7 +15,8 @@ import qwen_scope as qs
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
-TINY_MODELS = ["tiny-qwen2", "tiny-qwen2-untied", "tiny-llama"]
+TINY_MODELS = ["tiny-qwen2", "tiny-qwen2-untied", "tiny-llama", "tiny-qwen3",
+               "tiny-qwen3-untied-bias"]
 
 _DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
            "U32": np.uint32, "F16": np.float16}

@@ -5,7 +5,13 @@ use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-pub const TINY_MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen2-untied", "tiny-llama"];
+pub const TINY_MODELS: [&str; 5] = [
+    "tiny-qwen2",
+    "tiny-qwen2-untied",
+    "tiny-llama",
+    "tiny-qwen3",
+    "tiny-qwen3-untied-bias",
+];
 
 /// A committed fixture: under $QWEN_SCOPE_FIXTURES when set (prebuilt test binaries run
 /// from another checkout, as tools/gpu-check.sh does), else under tests/fixtures.
