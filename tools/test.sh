@@ -133,7 +133,7 @@ step_python() {
   if [ "${QWEN_SCOPE_REQUIRE_CUDA:-0}" = 1 ]; then
     # the engine was compiled with `--cfg qwen_scope_kernels`, by the nvcc named here
     grep -o -m1 -- "--cfg qwen_scope_kernels" "$LOG/pip-install.log"
-    grep -o -m1 "QWEN_SCOPE_CUDA_COMPILER=nvcc [0-9.]*" "$LOG/pip-install.log"
+    grep -oE -m1 "QWEN_SCOPE_CUDA_COMPILER='?nvcc [0-9.]+" "$LOG/pip-install.log"
     .venv-py/bin/python -c 'import qwen_scope as q; i = q.build_info(); print(i); assert i["cuda_kernels"], "the wheel has no CUDA kernels"'
   fi
   logged pytest .venv-py/bin/python -m pytest -q -rs python/tests
