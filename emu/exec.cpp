@@ -437,7 +437,6 @@ struct Pool {
     std::atomic<bool> failed{false};
     LaunchResult result;
     std::vector<std::thread> threads;
-    std::mutex inline_mu;
 
     void work(Worker& w) {
         w.begin_launch(job);
@@ -476,14 +475,18 @@ struct Pool {
         }
     }
 
-    // A one-block launch (or one worker): no hand-over to other threads.
-    LaunchResult run_inline(const Launch& l) {
-        std::lock_guard<std::mutex> serial(inline_mu);
+    void begin(const Launch& l) {
         job = &l;
         total = (uint64_t)l.grid.x * l.grid.y * l.grid.z;
         next = 0;
         failed = false;
         result = LaunchResult{};
+    }
+
+    // A one-block launch (or one worker): no hand-over to other threads. The driver
+    // serialises launches, so the pool's state is free.
+    LaunchResult run_inline(const Launch& l) {
+        begin(l);
         work(this_worker());
         return result;
     }
@@ -492,11 +495,7 @@ struct Pool {
         while (threads.size() < helpers) threads.emplace_back([this] { thread_main(); });
         {
             std::lock_guard<std::mutex> g(mu);
-            job = &l;
-            total = (uint64_t)l.grid.x * l.grid.y * l.grid.z;
-            next = 0;
-            failed = false;
-            result = LaunchResult{};
+            begin(l);
             active = (uint32_t)threads.size();
             ++generation;
         }

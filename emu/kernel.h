@@ -106,26 +106,17 @@ inline long long max(long long a, long long b) { return a > b ? a : b; }
 inline float min(float a, float b) { return fminf(a, b); }
 inline float max(float a, float b) { return fmaxf(a, b); }
 
-inline float __int_as_float(int v) {
-    float f;
-    memcpy(&f, &v, 4);
-    return f;
+template <typename To, typename From>
+inline To bits_as(From v) {
+    static_assert(sizeof(To) == sizeof(From), "same size");
+    To r;
+    memcpy(&r, &v, sizeof r);
+    return r;
 }
-inline float __uint_as_float(unsigned v) {
-    float f;
-    memcpy(&f, &v, 4);
-    return f;
-}
-inline int __float_as_int(float f) {
-    int v;
-    memcpy(&v, &f, 4);
-    return v;
-}
-inline unsigned __float_as_uint(float f) {
-    unsigned v;
-    memcpy(&v, &f, 4);
-    return v;
-}
+inline float __int_as_float(int v) { return bits_as<float>(v); }
+inline float __uint_as_float(unsigned v) { return bits_as<float>(v); }
+inline int __float_as_int(float f) { return bits_as<int>(f); }
+inline unsigned __float_as_uint(float f) { return bits_as<unsigned>(f); }
 
 // ---- half precision with CUDA's conversions ---------------------------------------------------
 struct __half {

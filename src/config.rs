@@ -1,4 +1,4 @@
-//! config.json of a Qwen2 or Llama model, in both transformers 4 and 5 spellings.
+//! config.json of a Qwen2, Qwen3 or Llama model, in both transformers 4 and 5 spellings.
 
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -10,6 +10,9 @@ pub enum Arch {
     Qwen2,
     /// LlamaForCausalLM: the same graph without q/k/v biases.
     Llama,
+    /// Qwen3ForCausalLM: q/k RMSNorm per head before RoPE (`qk_norm`), q/k/v biases only
+    /// where `attention_bias` says so, `head_dim` independent of hidden / heads.
+    Qwen3,
 }
 
 /// Shapes and constants of the decoder, validated.
@@ -28,6 +31,11 @@ pub struct Config {
     pub rope_theta: f32,
     pub tie_word_embeddings: bool,
     pub qkv_bias: bool,
+    /// o_proj carries a bias (`attention_bias` of Llama and Qwen3; never in Qwen2).
+    pub o_bias: bool,
+    /// An RMSNorm over each head's `head_dim` slice of q and of k, with its own weights,
+    /// after the q/k/v projection and before RoPE (Qwen3's q_norm and k_norm).
+    pub qk_norm: bool,
     /// Stored weight dtype as the config names it ("float32", "bfloat16", ...), if given.
     pub dtype: Option<String>,
 }
@@ -84,6 +92,7 @@ impl Config {
         let arch = match arch_name.as_str() {
             "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
             "LlamaForCausalLM" | "llama" => Arch::Llama,
+            "Qwen3ForCausalLM" | "qwen3" => Arch::Qwen3,
             other => return Err(Error::UnknownArchitecture(other.to_string()).to_string()),
         };
         if let Some(act) = &raw.hidden_act {
@@ -113,7 +122,7 @@ impl Config {
             .or(raw.rope_theta)
             .unwrap_or(match arch {
                 Arch::Qwen2 => 1e6,
-                Arch::Llama => 1e4,
+                Arch::Llama | Arch::Qwen3 => 1e4,
             });
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         let positive = [
@@ -128,7 +137,13 @@ impl Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive"));
         }
-        if !raw.hidden_size.is_multiple_of(raw.num_attention_heads) && raw.head_dim.is_none() {
+        // transformers' Qwen3Config defaults head_dim to 128; the others derive it
+        let default_head_dim = match arch {
+            Arch::Qwen3 => Some(128),
+            Arch::Qwen2 | Arch::Llama => None,
+        };
+        let head_dim = raw.head_dim.or(default_head_dim);
+        if !raw.hidden_size.is_multiple_of(raw.num_attention_heads) && head_dim.is_none() {
             return Err("hidden_size is not a multiple of num_attention_heads".into());
         }
         if !raw.num_attention_heads.is_multiple_of(num_kv_heads) {
@@ -137,15 +152,18 @@ impl Config {
                 raw.num_attention_heads
             ));
         }
-        let head_dim = raw
-            .head_dim
-            .unwrap_or(raw.hidden_size / raw.num_attention_heads);
-        if !head_dim.is_multiple_of(2) {
+        let head_dim = head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {head_dim} must be even for RoPE"));
         }
-        let qkv_bias = match arch {
-            Arch::Qwen2 => true,
-            Arch::Llama => raw.attention_bias.unwrap_or(false),
+        // transformers: Qwen2 always has q/k/v biases and none on o_proj; Llama and Qwen3
+        // put `attention_bias` on all four projections
+        let (qkv_bias, o_bias) = match arch {
+            Arch::Qwen2 => (true, false),
+            Arch::Llama | Arch::Qwen3 => {
+                let b = raw.attention_bias.unwrap_or(false);
+                (b, b)
+            }
         };
         Ok(Config {
             arch,
@@ -161,6 +179,8 @@ impl Config {
             rope_theta: rope_theta as f32,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             qkv_bias,
+            o_bias,
+            qk_norm: arch == Arch::Qwen3,
             dtype: raw.dtype.or(raw.torch_dtype),
         })
     }
@@ -209,6 +229,30 @@ mod tests {
             assert_eq!(c.head_dim, 16);
             assert!(c.qkv_bias);
         }
+    }
+
+    #[test]
+    fn qwen3_head_dim_biases_and_qk_norm() {
+        // transformers' Qwen3Config defaults: head_dim 128, attention_bias false, theta 1e4
+        let c = Config::from_json(&format!(r#"{{"model_type": "qwen3", {BASE}}}"#)).unwrap();
+        assert_eq!(c.arch, Arch::Qwen3);
+        assert_eq!((c.head_dim, c.q_dim(), c.kv_dim()), (128, 512, 256));
+        assert!(c.qk_norm && !c.qkv_bias && !c.o_bias);
+        assert_eq!(c.rope_theta, 1e4);
+        let c = Config::from_json(&format!(
+            r#"{{"architectures": ["Qwen3ForCausalLM"], {BASE}, "head_dim": 32, "attention_bias": true}}"#
+        ))
+        .unwrap();
+        assert_eq!((c.head_dim, c.q_dim()), (32, 128));
+        assert!(c.qk_norm && c.qkv_bias && c.o_bias);
+        // Qwen2: q/k/v biases whatever attention_bias says, none on o_proj, no q/k norm
+        let c = Config::from_json(&format!(
+            r#"{{"architectures": ["Qwen2ForCausalLM"], {BASE}, "attention_bias": false}}"#
+        ))
+        .unwrap();
+        assert!(c.qkv_bias && !c.o_bias && !c.qk_norm);
+        let odd = format!(r#"{{"model_type": "qwen3", {BASE}, "head_dim": 33}}"#);
+        assert!(Config::from_json(&odd).unwrap_err().contains("head_dim 33"));
     }
 
     #[test]

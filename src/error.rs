@@ -6,17 +6,26 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    /// Reading a file failed. (The I/O error is part of the message, and deliberately not
+    /// the error's `source`, so a chain printed with `{:#}` does not say it twice.)
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// Writing an output file failed (a full disk, a read-only folder, ...): the file
+    /// named is the one being written, under its real name.
+    #[error("cannot write {path}: {error}")]
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
     },
     #[error("model not found: {0}")]
     ModelNotFound(String),
     #[error("{path}: invalid config: {msg}")]
     Config { path: PathBuf, msg: String },
     #[error(
-        "unsupported architecture {0:?}: qwen-scope runs Qwen2ForCausalLM and LlamaForCausalLM"
+        "unsupported architecture {0:?}: qwen-scope runs Qwen2ForCausalLM, Qwen3ForCausalLM and LlamaForCausalLM"
     )]
     UnknownArchitecture(String),
     #[error("{path}: cannot read safetensors: {msg}")]
@@ -39,10 +48,17 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error,
+        }
+    }
+
+    pub(crate) fn write(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        Error::Write {
+            path: path.into(),
+            error,
         }
     }
 

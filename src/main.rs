@@ -2,7 +2,7 @@
 
 mod cli;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use qwen_scope::device::{DTypeSpec, DeviceSpec, Loaded};
 use qwen_scope::{with_engine, CpuModel};
@@ -29,9 +29,9 @@ struct ModelArgs {
     #[arg(long)]
     revision: Option<String>,
     /// Where the pass runs: cpu, cuda (GPU 0), cuda:N, or auto (GPU 0 when one is usable,
-    /// else the CPU).
-    #[arg(long, default_value = "auto", env = "QWEN_SCOPE_DEVICE")]
-    device: DeviceSpec,
+    /// else the CPU). Default: $QWEN_SCOPE_DEVICE when it is set, else auto.
+    #[arg(long)]
+    device: Option<DeviceSpec>,
     /// Weight type on the GPU: f32 (exact comparisons), f16, bf16 (sm_80 and newer), or
     /// auto (bf16 for bf16 checkpoints on sm_80+, else f16). The residual stream and all
     /// accumulation stay f32. The CPU backend is always f32.
@@ -39,12 +39,43 @@ struct ModelArgs {
     dtype: DTypeSpec,
 }
 
+/// The environment variable that gives `--device` when the flag is not.
+const DEVICE_VAR: &str = "QWEN_SCOPE_DEVICE";
+
 impl ModelArgs {
+    /// `--device`, else $QWEN_SCOPE_DEVICE, else auto; and, when the environment chose it,
+    /// the variable's setting, for messages.
+    fn device(&self) -> Result<(DeviceSpec, Option<String>)> {
+        if let Some(d) = self.device {
+            return Ok((d, None));
+        }
+        match std::env::var(DEVICE_VAR) {
+            Ok(v) if !v.is_empty() => match v.parse() {
+                Ok(d) => Ok((d, Some(format!("{DEVICE_VAR}={v}")))),
+                Err(_) => bail!(
+                    "unknown device {v:?} in the environment variable {DEVICE_VAR}: use cpu, \
+                     cuda, cuda:N or auto (or unset it, or pass --device)"
+                ),
+            },
+            Ok(_) => Ok((DeviceSpec::Auto, None)),
+            Err(std::env::VarError::NotPresent) => Ok((DeviceSpec::Auto, None)),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                bail!("the environment variable {DEVICE_VAR} is not UTF-8 text")
+            }
+        }
+    }
+
     fn load(&self) -> Result<Loaded> {
+        // a bad $QWEN_SCOPE_DEVICE is reported before the model is read
+        let (device, from_env) = self.device()?;
         let host = self.load_host()?;
-        Ok(Loaded::place(host, self.device, self.dtype, &mut |note| {
-            eprintln!("{note}")
-        })?)
+        let placed = Loaded::place(host, device, self.dtype, &mut |note| eprintln!("{note}"));
+        match (placed, from_env) {
+            (Ok(m), _) => Ok(m),
+            (Err(e), Some(var)) => Err(anyhow::Error::new(e)
+                .context(format!("{var} (from the environment) chose the device"))),
+            (Err(e), None) => Err(e.into()),
+        }
     }
 
     /// The model's name and file fingerprints, for a results folder's run.json.
@@ -58,8 +89,14 @@ impl ModelArgs {
 
     fn load_host(&self) -> Result<CpuModel> {
         let t = Instant::now();
-        let model = CpuModel::load(&self.model, self.revision.as_deref())
-            .with_context(|| format!("cannot load model {}", self.model))?;
+        let model = CpuModel::load(&self.model, self.revision.as_deref()).map_err(|e| {
+            // name the model once: most errors name its folder or files already
+            if e.to_string().contains(self.model.trim_end_matches('/')) {
+                anyhow::Error::new(e)
+            } else {
+                anyhow::Error::new(e).context(format!("cannot load model {}", self.model))
+            }
+        })?;
         let c = &model.config;
         eprintln!(
             "loaded {} ({:?}, {} blocks, hidden {}, vocab {}) in {:.2}s",

@@ -1,4 +1,4 @@
-//! The Qwen2/Llama model, defined once for every backend: the decoder block's recipe and
+//! The Qwen2/Qwen3/Llama model, defined once for every backend: the decoder block's recipe and
 //! the pass around it (where a pass starts, the segments of rows that join it late, the
 //! stream's reads and writes, the final-norm rule and the head). A backend supplies its
 //! buffers and ops through [`Ops`]; `backend::cpu::model` and `backend::cuda::model`
@@ -26,7 +26,7 @@ pub(crate) enum Norm {
 pub(crate) enum Proj {
     /// [q_dim + 2 kv_dim, hidden], with the bias where the model has one.
     Qkv,
-    /// [hidden, q_dim]
+    /// [hidden, q_dim], with the bias where the model has one.
     O,
     /// [2 intermediate, hidden]: gate rows, then up rows.
     GateUp,
@@ -69,6 +69,10 @@ pub(crate) trait Ops {
     ) -> Result<()>;
     /// `out = x · w^T (+ b)` with the block's `proj`.
     fn linear(&self, x: &Self::Act, layer: usize, proj: Proj, out: &mut Self::Wide) -> Result<()>;
+    /// RMSNorm, in place, of each head of the q part of the fused `qkv` with the block's
+    /// q_norm weights and of each head of the k part with its k_norm weights (models with
+    /// `config.qk_norm` only).
+    fn qk_norm(&self, qkv: &mut Self::Wide, layer: usize) -> Result<()>;
     /// Rotates the q and k parts of the fused `qkv` in place.
     fn rope(&self, qkv: &mut Self::Wide, batch: &Self::Batch) -> Result<()>;
     /// Appends the k and v parts of `qkv` to each row's cache in block `layer`, then
@@ -106,6 +110,7 @@ pub(crate) trait Ops {
 
 /// One decoder block over the segment's `plan.tokens`, appending their keys and values to
 /// the caches: pre-norm attention, then a pre-norm SwiGLU MLP, each added to the stream.
+/// Qwen3 (`qk_norm`) norms each q and k head after the projection, before RoPE.
 fn block<B: Ops>(
     b: &B,
     layer: usize,
@@ -116,6 +121,9 @@ fn block<B: Ops>(
     let n = seg.plan.tokens.len();
     b.rmsnorm(h, n, layer, Norm::Input, &mut seg.x)?;
     b.linear(&seg.x, layer, Proj::Qkv, &mut seg.qkv)?;
+    if b.config().qk_norm {
+        b.qk_norm(&mut seg.qkv, layer)?;
+    }
     b.rope(&mut seg.qkv, &seg.batch)?;
     b.attention(
         &seg.qkv,

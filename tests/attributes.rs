@@ -135,10 +135,14 @@ fn demonstration_prompts_equal_the_transformers_reference_on_the_fixture() {
 }
 
 #[test]
-fn attributes_equal_the_transformers_reference_on_qwen() {
-    let Some(dir) = common::real_model_dir("qwen2.5-coder-0.5b") else {
-        return;
-    };
+fn attributes_equal_the_transformers_reference_on_the_qwen3_fixture() {
+    let model = CpuModel::load(common::fixture("tiny-qwen3").to_str().unwrap(), None).unwrap();
+    compare_with_transformers(&model, "tiny-qwen3.json", "data/relations/capitals.json");
+}
+
+#[test]
+fn qwen2_5_coder_0_5b_attributes_equal_the_transformers_reference() {
+    let dir = common::real_model_dir("qwen2.5-coder-0.5b");
     let model = CpuModel::load(dir.to_str().unwrap(), None).unwrap();
     compare_with_transformers(
         &model,
@@ -148,10 +152,8 @@ fn attributes_equal_the_transformers_reference_on_qwen() {
 }
 
 #[test]
-fn demonstration_prompts_equal_the_transformers_reference_on_qwen() {
-    let Some(dir) = common::real_model_dir("qwen2.5-coder-0.5b") else {
-        return;
-    };
+fn qwen2_5_coder_0_5b_demonstration_prompts_equal_the_transformers_reference() {
+    let dir = common::real_model_dir("qwen2.5-coder-0.5b");
     let model = CpuModel::load(dir.to_str().unwrap(), None).unwrap();
     compare_with_transformers(
         &model,

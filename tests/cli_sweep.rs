@@ -146,7 +146,9 @@ fn sweep_refuses_bad_input() {
     ]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("needs 25 prompts, the prompt set has 20"),
+        err.contains(&format!(
+            "--train 15 + --val 10 needs 25 prompts, but {prompts} holds 20"
+        )),
         "{err}"
     );
 
@@ -166,7 +168,11 @@ fn sweep_refuses_bad_input() {
     assert!(err.contains("already holds a run"), "{err}");
     let (code, _, err) = sweep(&out, &prompts, &["--resume", "--grid"]);
     assert_ne!(code, 0);
-    assert!(err.contains("other settings"), "{err}");
+    assert!(
+        err.contains("holds a run that differs from this one (1 difference)")
+            && err.contains("\n  grid: earlier false, now true"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -202,7 +208,8 @@ fn resume_refuses_changed_weights_and_other_experiments() {
     let (code, _, err) = sweep_model(m, &out, &prompts, &["--resume"]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("other settings") && err.contains("  model: earlier"),
+        err.contains("(1 difference)")
+            && err.contains("\n  model.files.model.safetensors: earlier \""),
         "{err}"
     );
 
@@ -257,7 +264,7 @@ fn inspect_and_attributes_refuse_bad_input() {
     ]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("target prompt has no placeholder \"x\""),
+        err.contains("target prompt \"no slot here\" has no placeholder \"x\" token"),
         "{err}"
     );
     let (code, _, err) = run(&[
@@ -265,7 +272,7 @@ fn inspect_and_attributes_refuse_bad_input() {
     ]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("layer 9 out of range: the model has 4 blocks (0..3)"),
+        err.contains("error: --layers \"9\": \"9\" is out of range: the model has 4 blocks (0..3)"),
         "{err}"
     );
     let (code, _, err) = run(&[
@@ -278,7 +285,10 @@ fn inspect_and_attributes_refuse_bad_input() {
         "40",
     ]);
     assert_ne!(code, 0);
-    assert!(err.contains("position 40 out of range"), "{err}");
+    assert!(
+        err.contains("--position 40 out of range: the source \"Paris\" has"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let tsv = dir.path().join("r.tsv");
@@ -347,4 +357,77 @@ fn inspect_and_attributes_refuse_bad_input() {
         "{err}"
     );
     assert!(!fresh.exists(), "a refused run leaves no results folder");
+}
+
+/// `--resume` goes by what the model is (its files' fingerprints), not by the path that
+/// reached it: the same folder through a symbolic link, a relative path with `..` in it, or
+/// a copy elsewhere resumes; when it refuses, each difference has its own line.
+#[test]
+fn resume_goes_by_the_model_not_by_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = prompts_file(dir.path());
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(common::fixture("tiny-qwen2")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let out = dir.path().join("out");
+    let (code, _, err) = sweep_model(model.to_str().unwrap(), &out, &prompts, &[]);
+    assert_eq!(code, 0, "{err}");
+    // cut the journal back to its first batch, so that each resume has work to do
+    let journal = out.join("samples.jsonl");
+    let full = std::fs::read_to_string(&journal).unwrap();
+    let first: String = full.lines().take(4).map(|l| format!("{l}\n")).collect();
+
+    let link = dir.path().join("link-to-model");
+    std::os::unix::fs::symlink(&model, &link).unwrap();
+    let dotted = dir.path().join("model/../model/");
+    let copy = dir.path().join("elsewhere");
+    std::fs::create_dir(&copy).unwrap();
+    for f in std::fs::read_dir(&model).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+    }
+    for other in [&link, &dotted, &copy] {
+        std::fs::write(&journal, &first).unwrap();
+        let (code, _, err) = sweep_model(other.to_str().unwrap(), &out, &prompts, &["--resume"]);
+        assert_eq!(code, 0, "{}: {err}", other.display());
+        assert!(
+            err.contains("resuming: 4 of 12 samples already done"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&journal).unwrap(), full);
+    }
+    // the prompts reached by another path are the same prompts
+    let relative = format!(
+        "{}/../{}",
+        dir.path().display(),
+        dir.path().file_name().unwrap().to_str().unwrap()
+    );
+    let prompts_again = format!("{relative}/prompts.txt");
+    let (code, _, err) = sweep_model(model.to_str().unwrap(), &out, &prompts_again, &["--resume"]);
+    assert_eq!(code, 0, "{err}");
+
+    // other settings and other weights: one line each
+    let weights = copy.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    std::fs::write(&weights, &bytes).unwrap();
+    let (code, _, err) = sweep_model(
+        copy.to_str().unwrap(),
+        &out,
+        &prompts,
+        &["--resume", "--grid", "--lens-positions", "one"],
+    );
+    assert_ne!(code, 0);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("  ")).collect();
+    assert!(err.contains("(3 differences)"), "{err}");
+    assert_eq!(lines.len(), 3, "{err}");
+    assert_eq!(lines[0], "  grid: earlier false, now true");
+    assert_eq!(lines[1], "  lens_positions: earlier \"all\", now \"one\"");
+    assert!(
+        lines[2].starts_with("  model.files.model.safetensors: earlier \""),
+        "{err}"
+    );
 }

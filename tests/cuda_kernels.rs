@@ -215,6 +215,68 @@ fn rmsnorm_matches_cpu() {
     }
 }
 
+/// Qwen3's q_norm / k_norm: every head of q and of k inside a fused QKV buffer, in place.
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where one is"]
+fn rmsnorm_heads_matches_cpu_inside_a_fused_qkv_buffer() {
+    let dev: &Device = common::gpu();
+    let mut rng = Rng::new(12);
+    for (n, heads, kv_heads, hd) in [
+        (7, 16, 8, 128), // Qwen3-0.6B/1.7B/4B
+        (5, 32, 8, 128), // Qwen3-8B
+        (11, 4, 2, 32),
+        (3, 8, 2, 16),
+        (2, 4, 1, 256),
+        (9, 3, 3, 80),
+        (1, 3, 1, 2),
+    ] {
+        let (q_dim, kv_dim) = (heads * hd, kv_heads * hd);
+        let width = q_dim + 2 * kv_dim;
+        let mut qkv = rng.vec(n * width, -2.0, 2.0);
+        if n > 1 {
+            // a token of large values (Qwen's attention-sink rows)
+            qkv[width..2 * width].iter_mut().for_each(|v| *v *= 300.0);
+        }
+        let qw = rng.vec(hd, -1.5, 1.5);
+        let kw = rng.vec(hd, 0.0, 3.0);
+        let eps = 1e-6;
+        let q_at = RowLayout {
+            stride: width,
+            offset: 0,
+        };
+        let k_at = RowLayout {
+            stride: width,
+            offset: q_dim,
+        };
+        let mut want = qkv.clone();
+        cpu_rms::rmsnorm_heads(&mut want, q_at, heads, &qw, eps);
+        cpu_rms::rmsnorm_heads(&mut want, k_at, kv_heads, &kw, eps);
+
+        let mut x = dev.upload(&qkv).unwrap();
+        let (qwd, kwd) = (dev.upload(&qw).unwrap(), dev.upload(&kw).unwrap());
+        k::rmsnorm_heads(dev, &mut x, q_at, n, heads, &qwd, eps).unwrap();
+        k::rmsnorm_heads(dev, &mut x, k_at, n, kv_heads, &kwd, eps).unwrap();
+        let got = down(dev, &x);
+        // As rmsnorm in f32: the sum of squares in another order, 1e-5 relative. V must be
+        // untouched: checked exactly below.
+        let what = format!("rmsnorm_heads {n} tokens, heads {heads}/{kv_heads} head_dim {hd}");
+        assert_within(&what, &got, &want, 1e-6, 1e-5);
+        for t in 0..n {
+            let v = t * width + q_dim + kv_dim..(t + 1) * width;
+            assert_eq!(&got[v.clone()], &qkv[v], "{what}: v of token {t} changed");
+        }
+    }
+    // A layout that does not fit the buffer is refused before any launch.
+    let mut x = dev.upload(&[0.0f32; 40]).unwrap();
+    let w = dev.upload(&[1.0f32; 8]).unwrap();
+    let at = RowLayout {
+        stride: 20,
+        offset: 8,
+    };
+    let e = k::rmsnorm_heads(dev, &mut x, at, 2, 2, &w, 1e-6).unwrap_err();
+    assert!(e.to_string().contains("rmsnorm_heads"), "{e}");
+}
+
 // ---- rope ------------------------------------------------------------------------------
 
 #[test]

@@ -1,6 +1,7 @@
 //! The whole-model CUDA forward pass (`backend::cuda::CudaModel`) against the CPU pass
-//! (`CpuModel::forward`, the reference) on the fixture models tiny-qwen2, tiny-qwen2-untied
-//! and tiny-llama.
+//! (`CpuModel::forward`, the reference) on the fixture models tiny-qwen2, tiny-qwen2-untied,
+//! tiny-llama, tiny-qwen3 (q/k norm, head_dim 32 != hidden / heads) and
+//! tiny-qwen3-untied-bias (q/k/v and o_proj biases).
 //!
 //! Tolerances:
 //! * f32 mode: every logit and every read state within 1e-4 · max(1, max |reference|) of

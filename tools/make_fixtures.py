@@ -2,7 +2,7 @@
 """Generate the tiny random-model test fixtures for qwen-scope.
 
 Usage:
-    python tools/make_fixtures.py [--out tests/fixtures]
+    python tools/make_fixtures.py [--out tests/fixtures] [--only NAME ...]
 
 This script is run BY HAND, never in CI. It needs a Python environment with
 torch, transformers (5.x), tokenizers, safetensors and numpy. The files it
@@ -11,11 +11,21 @@ writes are committed to the repository; the Rust tests only read them.
 It is deterministic (fixed seeds, fixed text, no downloads): rerunning it
 produces byte-identical files (given the same library versions).
 
-It writes three folders under --out:
+It writes these folders under --out (--only: just the named ones; the single prompt is
+then chosen among those models alone, and reference.json records it):
 
   tiny-qwen2/          Qwen2ForCausalLM, tied embeddings, float32, single model.safetensors
   tiny-qwen2-untied/   Qwen2ForCausalLM, untied lm_head, float16, sharded (model.safetensors.index.json)
   tiny-llama/          LlamaForCausalLM, tied embeddings, bfloat16, single model.safetensors
+  tiny-qwen3/          Qwen3ForCausalLM, tied, float32: 4 heads / 2 KV heads of head_dim 32,
+                       so q_dim 128 != hidden 64; no attention biases; rope_theta 1e6
+  tiny-qwen3-untied-bias/
+                       Qwen3ForCausalLM, untied lm_head, float16, attention_bias true (q/k/v
+                       AND o_proj biases): 8 heads / 2 KV heads of head_dim 16; the default
+                       rope_theta (10000)
+
+Every norm weight (the Qwen3 q_norm/k_norm included) is perturbed away from 1 and every
+attention bias away from 0, so a fixture catches a missing or misplaced norm or bias.
 
 Each folder holds config.json, generation_config.json, model weights,
 tokenizer.json (a 512-token byte-level BPE trained here on inline text),
@@ -62,6 +72,8 @@ from transformers import (
     LlamaForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 SEED = 1234
@@ -343,28 +355,43 @@ FIXTURES = [
     ("tiny-llama", LlamaForCausalLM, LlamaConfig,
      dict(rope_theta=10000.0, tie_word_embeddings=True, attention_bias=False, mlp_bias=False),
      torch.bfloat16, {}, 2),
+    ("tiny-qwen3", Qwen3ForCausalLM, Qwen3Config,
+     dict(rope_theta=1e6, tie_word_embeddings=True, head_dim=32, attention_bias=False),
+     torch.float32, {}, 3),
+    ("tiny-qwen3-untied-bias", Qwen3ForCausalLM, Qwen3Config,
+     dict(tie_word_embeddings=False, num_attention_heads=8, head_dim=16, attention_bias=True),
+     torch.float16, {}, 4),
 ]
+
+NORM_SUFFIXES = ("layernorm.weight", "q_norm.weight", "k_norm.weight")
+BIAS_SUFFIXES = ("q_proj.bias", "k_proj.bias", "v_proj.bias", "o_proj.bias")
 
 
 def build_model(model_cls, config_cls, extra, seed):
-    cfg = config_cls(**COMMON, **extra)
+    cfg = config_cls(**{**COMMON, **extra})
     torch.manual_seed(SEED + 100 * seed)
     model = model_cls(cfg).float().eval()
     g = torch.Generator().manual_seed(SEED + 100 * seed + 7)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("layernorm.weight") or name == "model.norm.weight":
+            if name.endswith(NORM_SUFFIXES) or name == "model.norm.weight":
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            elif name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
+            elif name.endswith(BIAS_SUFFIXES):
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    L = cfg.num_hidden_layers
+    qwen3 = model_cls is Qwen3ForCausalLM
     n_norm = sum(1 for n, _ in model.named_parameters()
-                 if n.endswith("layernorm.weight") or n == "model.norm.weight")
-    assert n_norm == 2 * cfg.num_hidden_layers + 1, n_norm
+                 if n.endswith(NORM_SUFFIXES) or n == "model.norm.weight")
+    assert n_norm == (4 if qwen3 else 2) * L + 1, n_norm
+    n_bias = sum(1 for n, _ in model.named_parameters() if n.endswith("bias"))
     if model_cls is Qwen2ForCausalLM:
-        n_bias = sum(1 for n, _ in model.named_parameters() if n.endswith("_proj.bias"))
-        assert n_bias == 3 * cfg.num_hidden_layers, n_bias
+        assert n_bias == 3 * L, n_bias
+    elif qwen3 and cfg.attention_bias:
+        assert n_bias == 4 * L, n_bias
     else:
-        assert not any(n.endswith("bias") for n, _ in model.named_parameters())
+        assert n_bias == 0, n_bias
+    if qwen3:
+        assert model.model.layers[0].self_attn.q_norm.weight.shape == (cfg.head_dim,)
     return model
 
 
@@ -618,7 +645,10 @@ def folder_size(path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="tests/fixtures")
+    ap.add_argument("--only", nargs="+", metavar="NAME", choices=[f[0] for f in FIXTURES],
+                    help="write only these fixtures (the others stay as they are)")
     args = ap.parse_args()
+    fixtures = [f for f in FIXTURES if args.only is None or f[0] in args.only]
 
     transformers.utils.logging.disable_progress_bar()
     torch.use_deterministic_algorithms(True)
@@ -652,7 +682,7 @@ def main():
 
         # Build + save all models (into the temp dir first), reload in f32.
         built = []
-        for name, mcls, ccls, extra, dtype, skw, seed in FIXTURES:
+        for name, mcls, ccls, extra, dtype, skw, seed in fixtures:
             folder = os.path.join(tmp, name)
             m = build_model(mcls, ccls, extra, seed)
             m = save_model(m, dtype, folder, skw)
@@ -748,7 +778,7 @@ def main():
         f"{k}{list(v.shape)}:{str(v.dtype).replace('torch.', '')}"
         for k, v in sorted(summary[0][2].items())))
     print(f"\nTOTAL size of fixtures: {total / 1024:.1f} KiB ({total} bytes)")
-    assert total < 3 * 1024 * 1024, "fixtures too large"
+    assert total < 1.2 * 1024 * 1024 * len(summary), "fixtures too large"
 
 
 if __name__ == "__main__":

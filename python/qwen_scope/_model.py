@@ -145,7 +145,7 @@ class Output:
 
 
 class Model:
-    """A Qwen2-family model (Qwen2, Qwen2.5, Llama-architecture such as SmolLM2).
+    """A Qwen-family model (Qwen2, Qwen2.5, Qwen3, Llama-architecture such as SmolLM2).
 
     ``path_or_repo_id`` is a model folder or a Hugging Face repo id, loaded with the CLI's
     rules (the HF cache shared with transformers; HF_HOME, HF_HUB_OFFLINE=1 and

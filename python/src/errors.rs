@@ -11,17 +11,18 @@ use std::sync::Mutex;
 /// FileNotFoundError, anything wrong with what was asked or with the files' contents is
 /// ValueError, and the machine's failures (hub, GPU) and qwen-scope's own bugs
 /// (`Error::Internal`) are RuntimeError. The message is the
-/// CLI's, optionally behind `context` ("cannot load model X: ...").
-pub fn to_py(e: Error, context: Option<&str>) -> PyErr {
+/// CLI's, optionally behind `(context, subject)` ("cannot load model X: ..."), which is left
+/// out when the message names the subject already (no message says a thing twice).
+pub fn to_py(e: Error, context: Option<(&str, &str)>) -> PyErr {
     let msg = match context {
-        Some(c) => format!("{c}: {e}"),
-        None => e.to_string(),
+        Some((c, subject)) if !e.to_string().contains(subject) => format!("{c}: {e}"),
+        _ => e.to_string(),
     };
     match &e {
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+        Error::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
             PyFileNotFoundError::new_err(msg)
         }
-        Error::Io { .. } => PyOSError::new_err(msg),
+        Error::Io { .. } | Error::Write { .. } => PyOSError::new_err(msg),
         Error::ModelNotFound(_) => PyFileNotFoundError::new_err(msg),
         Error::Config { .. }
         | Error::UnknownArchitecture(_)
@@ -46,7 +47,7 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 /// panic into a RuntimeError.
 pub fn run<T: Send>(
     py: Python<'_>,
-    context: Option<&str>,
+    context: Option<(&str, &str)>,
     f: impl FnOnce() -> qwen_scope::Result<T> + Send,
 ) -> PyResult<T> {
     match py.detach(move || catch_unwind(AssertUnwindSafe(f))) {

@@ -6,7 +6,7 @@ use crate::model::NativeModel;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use qwen_scope::data::{load_prompts, parse_lines, DEFAULT_PROMPTS};
+use qwen_scope::data::Prompts;
 use qwen_scope::patchscope::demonstrations::{Demonstrations, DEFAULT_K, DEFAULT_SEED};
 use qwen_scope::patchscope::extraction::{Extraction, ExtractionSettings, Record};
 use qwen_scope::patchscope::inspect::{inspect as run_inspect, InspectSettings, Inspection};
@@ -68,9 +68,9 @@ pub fn sweep<'py>(
     let native = model.get();
     let result = run(py, None, || {
         let prompts = match prompts {
-            Some(PromptSource::List(p)) => p,
-            Some(PromptSource::File(f)) => load_prompts(&f)?,
-            None => parse_lines(DEFAULT_PROMPTS),
+            Some(PromptSource::List(p)) => Prompts::from_list(p),
+            Some(PromptSource::File(f)) => Prompts::load(&f)?,
+            None => Prompts::default_set(),
         };
         with_engine!(&native.loaded, |m| run_sweep(
             m, &prompts, settings, &progress
@@ -190,7 +190,7 @@ type SweepOut = (Vec<SampleResult>, Vec<LayerSummary>, BTreeMap<u32, String>);
 /// What `qwen-scope sweep` computes, in the same order and by the same calls.
 fn run_sweep<E: Engine>(
     model: &E,
-    prompts: &[String],
+    prompts: &Prompts,
     settings: SweepSettings,
     progress: &Progress,
 ) -> qwen_scope::Result<SweepOut> {

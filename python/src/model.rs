@@ -113,7 +113,10 @@ impl NativeModel {
         let device = DeviceSpec::from_str(device).map_err(PyValueError::new_err)?;
         let dtype = DTypeSpec::from_str(dtype).map_err(PyValueError::new_err)?;
         let context = format!("cannot load model {spec}");
-        let host = run(py, Some(&context), || CpuModel::load(spec, revision))?;
+        let subject = spec.trim_end_matches('/');
+        let host = run(py, Some((&context, subject)), || {
+            CpuModel::load(spec, revision)
+        })?;
         let mut notes = Vec::new();
         let loaded = run(py, None, || {
             Loaded::place(host, device, dtype, &mut |n| notes.push(n))

@@ -15,7 +15,8 @@ import qwen_scope as qs
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
-TINY_MODELS = ["tiny-qwen2", "tiny-qwen2-untied", "tiny-llama"]
+TINY_MODELS = ["tiny-qwen2", "tiny-qwen2-untied", "tiny-llama", "tiny-qwen3",
+               "tiny-qwen3-untied-bias"]
 
 _DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
            "U32": np.uint32, "F16": np.float16}
@@ -66,7 +67,7 @@ def _cargo_target():
 @pytest.fixture(scope="session")
 def cli():
     """The qwen-scope binary: $QWEN_SCOPE_BIN, else target/release/qwen-scope (built by
-    `cargo test --release` / `cargo build --release`, which .ci/run runs first)."""
+    `cargo test --release` / `cargo build --release`, which tools/test.sh runs first)."""
     path = Path(os.environ.get("QWEN_SCOPE_BIN", _cargo_target() / "release" / "qwen-scope"))
     if not path.is_file():
         pytest.fail(f"{path} not found: run `cargo build --release` first (or set QWEN_SCOPE_BIN)")

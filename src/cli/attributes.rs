@@ -87,7 +87,7 @@ pub fn attributes<E: Engine>(
             "{}: {} rows to evaluate; dropped: {}",
             r.name,
             r.rows.len(),
-            describe_dropped(&r.dropped)
+            r.describe_dropped()
         );
         if let Some((query, sets)) = ext.demonstration_sets(r) {
             let d = ext.settings.demonstrations;
@@ -115,6 +115,7 @@ pub fn attributes<E: Engine>(
         "model": run_model.record(),
         "device": model.describe(),
         "relations": a.relations.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "relations_fingerprints": a.relations.iter().map(|p| qwen_scope::digest::file_fingerprint(p)).collect::<qwen_scope::Result<Vec<_>>>()?,
         "target": a.target,
         "demonstrations": ext.demonstrations_record(),
         "source_layers": exp.source_layers,

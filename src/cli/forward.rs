@@ -1,7 +1,8 @@
 //! `qwen-scope forward` and `qwen-scope generate`: one pass or one generation, by hand.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use qwen_scope::backend::cpu::logits::{log_softmax, top_k};
+use qwen_scope::report::write_atomic;
 use qwen_scope::{Engine, LogitsAt, Positions, Request, Site};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -87,8 +88,7 @@ pub fn forward<E: Engine>(model: &E, prompts: &[String], out: &Path, k: usize) -
             "input_ids": rows,
             "tensors": tensors.iter().map(|(k, (shape, v))| (k.clone(), serde_json::json!({"shape": shape, "values": v}))).collect::<serde_json::Map<_, _>>(),
         });
-        std::fs::write(out, serde_json::to_vec(&json)?)
-            .with_context(|| format!("cannot write {}", out.display()))?;
+        write_atomic(out, &serde_json::to_vec(&json)?)?;
     } else {
         let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
             .iter()
@@ -101,8 +101,7 @@ pub fn forward<E: Engine>(model: &E, prompts: &[String], out: &Path, k: usize) -
                 Ok((k.clone(), view))
             })
             .collect::<Result<_>>()?;
-        safetensors::serialize_to_file(views, None, out)
-            .with_context(|| format!("cannot write {}", out.display()))?;
+        write_atomic(out, &safetensors::serialize(views, None)?)?;
     }
     eprintln!("wrote {} tensors to {}", tensors.len(), out.display());
     Ok(())

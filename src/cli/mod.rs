@@ -34,12 +34,19 @@ impl RunModel {
     }
 }
 
+/// run.json entries that say how the run's inputs were reached (the model's name or path
+/// as typed, the prompt and relation files' paths), not what they are: `--resume` compares
+/// what they are, through the fingerprints recorded beside them.
+const WHERE_FROM: [&str; 3] = ["model.name", "prompts", "relations"];
+
 /// Creates the results folder; refuses to mix runs: another experiment's folder, or a
 /// different run, needs a new --out; an existing run needs --resume (or is started over
 /// when its `journal` is missing).
 pub fn prepare_out(out: &Path, run: &serde_json::Value, journal: &str, resume: bool) -> Result<()> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create results folder {}", out.display()))?;
+    // what a run killed in the middle of writing a file left behind
+    qwen_scope::report::atomic::remove_stale(out);
     let run_file = out.join("run.json");
     let old: Option<serde_json::Value> =
         match std::fs::read_to_string(&run_file) {
@@ -64,8 +71,15 @@ pub fn prepare_out(out: &Path, run: &serde_json::Value, journal: &str, resume: b
         let changed = changed_settings(&old, run);
         if !changed.is_empty() {
             bail!(
-                "--resume: {} holds a run with other settings:\n{}",
+                "--resume: {} holds a run that differs from this one ({} {}); start a new \
+                 run with another --out, or resume with the earlier settings and files:\n{}",
                 out.display(),
+                changed.len(),
+                if changed.len() == 1 {
+                    "difference"
+                } else {
+                    "differences"
+                },
                 changed.join("\n")
             );
         }
@@ -77,26 +91,76 @@ pub fn prepare_out(out: &Path, run: &serde_json::Value, journal: &str, resume: b
             out.display()
         );
     }
-    write_atomic(&run_file, &serde_json::to_vec_pretty(run)?)
-        .with_context(|| format!("results folder {} is not writable", out.display()))?;
+    write_atomic(&run_file, &serde_json::to_vec_pretty(run)?)?;
     Ok(())
 }
 
-/// The run settings that differ, one line each: "  key: earlier X, now Y".
+/// What differs between two run records, one line per difference ("  key: earlier X, now
+/// Y"), down to the single setting or model file, leaving out [`WHERE_FROM`].
 fn changed_settings(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
-    let empty = serde_json::Map::new();
-    let (o, n) = (
-        old.as_object().unwrap_or(&empty),
-        new.as_object().unwrap_or(&empty),
-    );
-    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| o.get(*k) != n.get(*k))
-        .map(|k| {
-            let show = |v: Option<&serde_json::Value>| v.map_or("absent".into(), |v| v.to_string());
-            format!("  {k}: earlier {}, now {}", show(o.get(k)), show(n.get(k)))
-        })
-        .collect()
+    let mut lines = Vec::new();
+    diff("", old, new, &mut lines);
+    lines
+}
+
+fn diff(key: &str, old: &serde_json::Value, new: &serde_json::Value, lines: &mut Vec<String>) {
+    use serde_json::Value;
+    if WHERE_FROM.contains(&key) {
+        return;
+    }
+    if let (Value::Object(o), Value::Object(n)) = (old, new) {
+        let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            let sub = if key.is_empty() {
+                k.clone()
+            } else {
+                format!("{key}.{k}")
+            };
+            match (o.get(k), n.get(k)) {
+                (Some(a), Some(b)) => diff(&sub, a, b, lines),
+                (a, b) if !WHERE_FROM.contains(&sub.as_str()) => lines.push(line(&sub, a, b)),
+                _ => {}
+            }
+        }
+    } else if old != new {
+        lines.push(line(key, Some(old), Some(new)));
+    }
+}
+
+fn line(key: &str, old: Option<&serde_json::Value>, new: Option<&serde_json::Value>) -> String {
+    let show = |v: Option<&serde_json::Value>| v.map_or("absent".into(), |v| v.to_string());
+    format!("  {key}: earlier {}, now {}", show(old), show(new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn differences_are_listed_one_per_line_and_paths_do_not_count() {
+        let old = json!({
+            "experiment": "next_token", "seed": 42, "prompts": "data/p.txt",
+            "model": {"name": "models/a", "files": {"config.json": "1:aa", "model.safetensors": "9:bb"}},
+        });
+        let same_by_content = json!({
+            "experiment": "next_token", "seed": 42, "prompts": "./data/../data/p.txt",
+            "model": {"name": "/abs/link-to-a", "files": {"config.json": "1:aa", "model.safetensors": "9:bb"}},
+        });
+        assert!(changed_settings(&old, &same_by_content).is_empty());
+        let changed = json!({
+            "experiment": "next_token", "seed": 7, "prompts": "data/p.txt", "grid": true,
+            "model": {"name": "models/a", "files": {"config.json": "1:aa", "model.safetensors": "9:cc"}},
+        });
+        assert_eq!(
+            changed_settings(&old, &changed),
+            [
+                "  grid: earlier absent, now true",
+                "  model.files.model.safetensors: earlier \"9:bb\", now \"9:cc\"",
+                "  seed: earlier 42, now 7",
+            ]
+        );
+    }
 }

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use qwen_scope::data::{load_prompts, parse_lines, DEFAULT_PROMPTS};
+use qwen_scope::data::Prompts;
 use qwen_scope::patchscope::mapping::{load_affines, save_affines, Affine};
 use qwen_scope::patchscope::next_token::{PhaseTimes, SampleResult};
 pub use qwen_scope::patchscope::sweep::LensPositions;
@@ -70,17 +70,17 @@ impl SweepArgs {
 
 pub fn sweep<E: Engine>(model: &E, run_model: &super::RunModel, a: &SweepArgs) -> Result<()> {
     let prompts = match &a.prompts {
-        Some(p) => load_prompts(p)?,
-        None => parse_lines(DEFAULT_PROMPTS),
+        Some(p) => Prompts::load(p)?,
+        None => Prompts::default_set(),
     };
-    let (train, val) = a.settings().split(prompts.len())?;
+    let (train, val) = a.settings().split(&prompts)?;
     let run = serde_json::json!({
         "experiment": "next_token",
         "model": run_model.record(),
         "device": model.describe(),
         "num_layers": model.num_layers(),
         "prompts": a.prompts.as_ref().map(|p| p.display().to_string()).unwrap_or("default".into()),
-        "prompts_digest": digest(&prompts[..train + val]),
+        "prompts_digest": digest(&prompts.texts[..train + val]),
         "train": train,
         "val": val,
         "seed": a.seed,

@@ -42,7 +42,8 @@ pub fn placeholder_position(tokenizer: &Tokenizer, tokens: &[u32]) -> Result<usi
     match at[..] {
         [pos] => Ok(pos),
         [] => Err(Error::input(format!(
-            "target prompt has no placeholder {PLACEHOLDER:?} token"
+            "target prompt {:?} has no placeholder {PLACEHOLDER:?} token",
+            texts.concat()
         ))),
         _ => Err(Error::input(format!(
             "target prompt {:?} has {} placeholder {PLACEHOLDER:?} tokens: use exactly one",
@@ -121,8 +122,7 @@ impl<'m, E: Engine> Attributes<'m, E> {
         }
         let model = self.model;
         let tokens = model.tokenizer().encode(prompt)?;
-        let patch_pos = placeholder_position(model.tokenizer(), &tokens)
-            .map_err(|e| Error::input(format!("{e} (target prompt {prompt:?})")))?;
+        let patch_pos = placeholder_position(model.tokenizer(), &tokens)?;
         let target = Rc::new(Target::new(model, tokens, patch_pos)?);
         self.targets
             .borrow_mut()
@@ -290,50 +290,69 @@ impl<'m, E: Engine> Attributes<'m, E> {
 }
 
 /// Parses a layer list: "all", "3", "0-5", "0,4,8-10", "0-23:4" (a range with a step).
-pub fn parse_layers(spec: &str, num_layers: usize) -> Result<Vec<usize>> {
-    if spec == "all" {
+/// `flag` names the setting the list came from (`--source-layers`); a refusal quotes the
+/// list as given and the part of it at fault.
+pub fn parse_layers(flag: &str, spec: &str, num_layers: usize) -> Result<Vec<usize>> {
+    if spec.trim() == "all" {
         return Ok((0..num_layers).collect());
     }
+    let blocks = match num_layers {
+        0 => "no blocks".to_string(),
+        n => format!("{n} blocks (0..{})", n - 1),
+    };
     let mut layers = Vec::new();
     for part in spec.split(',') {
-        let bad = || {
+        let fail = |why: String| {
             Error::input(format!(
-                "bad layer list {spec:?}: use e.g. all, 3, 0-5, 0,4,8-10 or 0-23:4"
+                "{flag} {spec:?}: {why}; the syntax is all, 3, 0-5, 0,4,8-10 or 0-23:4"
             ))
         };
-        let (part, step) = match part.split_once(':') {
-            Some((range, step)) => (
-                range,
-                step.trim()
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|&s| s > 0)
-                    .ok_or_else(bad)?,
-            ),
+        let number = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| fail(format!("{:?} is not a layer number", s.trim())))
+        };
+        if part.trim().is_empty() {
+            return Err(fail("an empty item".into()));
+        }
+        let (range, step) = match part.split_once(':') {
+            Some((range, step)) => match number(step)? {
+                0 => {
+                    return Err(fail(format!(
+                        "{:?}: the step must be at least 1",
+                        part.trim()
+                    )))
+                }
+                s => (range, s),
+            },
             None => (part, 1),
         };
-        let (a, b): (usize, usize) = match part.split_once('-') {
-            Some((a, b)) => (
-                a.trim().parse().map_err(|_| bad())?,
-                b.trim().parse().map_err(|_| bad())?,
-            ),
+        let (a, b) = match range.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
             None => {
-                let v = part.trim().parse().map_err(|_| bad())?;
+                let v = number(range)?;
                 (v, v)
             }
         };
+        if a > b {
+            return Err(fail(format!(
+                "{:?} is empty ({a} is after {b})",
+                part.trim()
+            )));
+        }
         for l in (a..=b).step_by(step) {
             if l >= num_layers {
+                let at = if a == b {
+                    format!("{:?} is out of range", part.trim())
+                } else {
+                    format!("{:?} reaches layer {l}, out of range", part.trim())
+                };
                 return Err(Error::input(format!(
-                    "layer {l} out of range: the model has {num_layers} blocks (0..{})",
-                    num_layers - 1
+                    "{flag} {spec:?}: {at}: the model has {blocks}"
                 )));
             }
             layers.push(l);
         }
-    }
-    if layers.is_empty() {
-        return Err(Error::input(format!("layer list {spec:?} is empty")));
     }
     Ok(layers)
 }
@@ -362,13 +381,35 @@ mod tests {
 
     #[test]
     fn layer_lists() {
-        assert_eq!(parse_layers("0,2-4", 5).unwrap(), [0, 2, 3, 4]);
-        assert_eq!(parse_layers("all", 3).unwrap(), [0, 1, 2]);
-        assert_eq!(parse_layers("0-9:4", 10).unwrap(), [0, 4, 8]);
-        assert!(parse_layers("7", 4)
-            .unwrap_err()
-            .to_string()
-            .contains("layer 7 out of range"));
-        assert!(parse_layers("a-b", 4).is_err());
+        let p = |spec: &str, n| parse_layers("--layers", spec, n);
+        assert_eq!(p("0,2-4", 5).unwrap(), [0, 2, 3, 4]);
+        assert_eq!(p("all", 3).unwrap(), [0, 1, 2]);
+        assert_eq!(p("0-9:4", 10).unwrap(), [0, 4, 8]);
+        let e = |spec: &str| p(spec, 4).unwrap_err().to_string();
+        assert_eq!(
+            e("0,7"),
+            "--layers \"0,7\": \"7\" is out of range: the model has 4 blocks (0..3)"
+        );
+        assert_eq!(
+            e("0-30:2"),
+            "--layers \"0-30:2\": \"0-30:2\" reaches layer 4, out of range: the model has 4 blocks (0..3)"
+        );
+        let syntax = "; the syntax is all, 3, 0-5, 0,4,8-10 or 0-23:4";
+        assert_eq!(
+            e("1,a-b"),
+            format!("--layers \"1,a-b\": \"a\" is not a layer number{syntax}")
+        );
+        assert_eq!(
+            e("3-1"),
+            format!("--layers \"3-1\": \"3-1\" is empty (3 is after 1){syntax}")
+        );
+        assert_eq!(
+            e("0-3:0"),
+            format!("--layers \"0-3:0\": \"0-3:0\": the step must be at least 1{syntax}")
+        );
+        assert_eq!(
+            e("1,,2"),
+            format!("--layers \"1,,2\": an empty item{syntax}")
+        );
     }
 }

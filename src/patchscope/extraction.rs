@@ -65,13 +65,22 @@ impl<'m, E: Engine> Extraction<'m, E> {
                 Err(Error::Input(msg.into()))
             }
         };
-        check(settings.max_new > 0, "--max-new must be at least 1")?;
-        check(settings.limit != Some(0), "--limit must be at least 1")?;
-        check(settings.batch > 0, "--batch must be at least 1")?;
+        check(
+            settings.max_new > 0,
+            "--max-new 0: a cell generates at least 1 token",
+        )?;
+        check(
+            settings.limit != Some(0),
+            "--limit 0: --limit must be at least 1 (leave it out to evaluate every row)",
+        )?;
+        check(
+            settings.batch > 0,
+            "--batch 0: a batch holds at least 1 row",
+        )?;
         let exp = Attributes::new(
             model,
-            parse_layers(&settings.source_layers, num_layers)?,
-            parse_layers(&settings.target_layers, num_layers)?,
+            parse_layers("--source-layers", &settings.source_layers, num_layers)?,
+            parse_layers("--target-layers", &settings.target_layers, num_layers)?,
             settings.max_new,
             !settings.all_rows,
         );
@@ -100,12 +109,9 @@ impl<'m, E: Engine> Extraction<'m, E> {
     /// fails before any row is evaluated.
     pub fn check_targets(&self, relation: &Relation) -> Result<()> {
         for (_, row) in self.rows(relation) {
-            self.exp.target(&row.target).map_err(|e| {
-                Error::Input(format!(
-                    "relation {}, line {}: {e}",
-                    relation.name, row.line
-                ))
-            })?;
+            self.exp
+                .target(&row.target)
+                .map_err(|e| Error::Input(format!("{}: {e}", relation.locate(row))))?;
         }
         Ok(())
     }

@@ -62,13 +62,19 @@ pub struct Inspection {
 
 pub fn inspect<E: Engine>(model: &E, a: &InspectSettings) -> Result<Inspection> {
     let num_layers = model.num_layers();
-    let layers = parse_layers(&a.layers, num_layers)?;
-    if let Some(t) = a.target_layer {
-        model.config().check_layer(t)?;
+    let layers = parse_layers("--layers", &a.layers, num_layers)?;
+    if let Some(t) = a.target_layer.filter(|&t| t >= num_layers) {
+        return Err(Error::Input(format!(
+            "--target-layer {t} is out of range: the model has {num_layers} blocks (0..{})",
+            num_layers - 1
+        )));
     }
     let tokens = model.tokenizer().encode(&a.source)?;
     if tokens.is_empty() {
-        return Err(Error::Input("empty source text".into()));
+        return Err(Error::Input(format!(
+            "--source {:?}: empty source text (no tokens)",
+            a.source
+        )));
     }
     let n = tokens.len() as i64;
     let pos = if a.position < 0 {
@@ -78,8 +84,11 @@ pub fn inspect<E: Engine>(model: &E, a: &InspectSettings) -> Result<Inspection> 
     };
     if pos < 0 || pos >= n {
         return Err(Error::Input(format!(
-            "position {} out of range: the source has {n} tokens",
-            a.position
+            "--position {} out of range: the source {:?} has {n} tokens (positions 0..{}, or \
+             -{n}..-1 from the end)",
+            a.position,
+            a.source,
+            n - 1
         )));
     }
     let pos = pos as usize;

@@ -121,10 +121,11 @@ pub fn save_affines(path: &Path, maps: &[Affine]) -> Result<()> {
             (format!("layer.{l}"), view)
         })
         .collect();
-    safetensors::serialize_to_file(tensors, None, path).map_err(|e| Error::Safetensors {
+    let bytes = safetensors::serialize(tensors, None).map_err(|e| Error::Safetensors {
         path: path.to_path_buf(),
         msg: e.to_string(),
-    })
+    })?;
+    crate::report::atomic::write(path, &bytes)
 }
 
 /// Reads what `save_affines` wrote.

@@ -51,6 +51,57 @@ pub struct Relation {
     pub rows: Vec<AttributeRow>,
     /// Rows of the file left out, by reason.
     pub dropped: Dropped,
+    /// The line of the first row dropped for each reason (LRE: the sample's number).
+    pub first_dropped: BTreeMap<String, usize>,
+    /// The file it was read from, as given.
+    pub path: std::path::PathBuf,
+}
+
+impl Relation {
+    /// Where a row is, as a message names it: "r.tsv line 12", "capitals.json sample 3".
+    pub fn locate(&self, row: &AttributeRow) -> String {
+        let unit = if self.is_tsv() { "line" } else { "sample" };
+        format!("{} {unit} {}", self.path.display(), row.line)
+    }
+
+    /// [`describe_dropped`], with the first line (or sample) dropped for each reason.
+    pub fn describe_dropped(&self) -> String {
+        if self.dropped.is_empty() {
+            return "none".into();
+        }
+        let unit = if self.is_tsv() { "line" } else { "sample" };
+        self.dropped
+            .iter()
+            .map(|(reason, n)| match self.first_dropped.get(reason) {
+                Some(at) if *n == 1 => format!("1 {reason} ({unit} {at})"),
+                Some(at) => format!("{n} {reason} (the first at {unit} {at})"),
+                None => format!("{n} {reason}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn is_tsv(&self) -> bool {
+        self.path.extension().is_some_and(|e| e == "tsv")
+    }
+}
+
+impl Relation {
+    fn empty(name: String) -> Relation {
+        Relation {
+            name,
+            rows: Vec::new(),
+            dropped: Dropped::new(),
+            first_dropped: BTreeMap::new(),
+            path: Default::default(),
+        }
+    }
+}
+
+/// Counts a dropped row under `reason`, remembering the first one's line.
+fn drop_row(r: &mut Relation, reason: &str, line: usize) {
+    *r.dropped.entry(reason.into()).or_default() += 1;
+    r.first_dropped.entry(reason.into()).or_insert(line);
 }
 
 /// Counts of rows left out, by reason.
@@ -97,10 +148,10 @@ pub fn load_relation(
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
-    let relation = match path.extension().and_then(|e| e.to_str()) {
+    let mut relation = match path.extension().and_then(|e| e.to_str()) {
         Some("json") => {
-            let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
-            parse_lre(&text, target, demonstrations).map_err(bad)?
+            let text = crate::data::utf8(&bytes).map_err(bad)?;
+            parse_lre(text, target, demonstrations).map_err(bad)?
         }
         Some("tsv") => parse_tsv(&bytes, &name, target).map_err(bad)?,
         _ => {
@@ -109,10 +160,11 @@ pub fn load_relation(
             ))
         }
     };
+    relation.path = path.to_path_buf();
     if relation.rows.is_empty() {
         return Err(bad(format!(
             "no row left to evaluate (dropped: {})",
-            describe_dropped(&relation.dropped)
+            relation.describe_dropped()
         )));
     }
     Ok(relation)
@@ -151,7 +203,13 @@ fn parse_lre(
     target: Option<&str>,
     demonstrations: Demonstrations,
 ) -> std::result::Result<Relation, String> {
-    let lre: Lre = serde_json::from_str(text).map_err(|e| format!("malformed LRE JSON: {e}"))?;
+    let lre: Lre = serde_json::from_str(text).map_err(|e| {
+        format!(
+            "line {}: malformed LRE JSON: {}",
+            e.line(),
+            crate::data::json_message(&e)
+        )
+    })?;
     // a template whose subject has context before it: "{} is led by" would put a one-token
     // subject at position 0, the attention sink
     let template = lre
@@ -181,21 +239,20 @@ fn parse_lre(
             "no target prompt: give target_templates, a prompt template with context before \
              its {} slot, --target, or demonstrations (--demonstrations K, K > 0)",
         )?;
-    let mut dropped = Dropped::new();
-    let mut rows = Vec::new();
+    let mut relation = Relation::empty(lre.name);
     for (i, s) in lre.samples.into_iter().enumerate() {
         if s.subject.trim().is_empty() || s.object.trim().is_empty() {
-            *dropped.entry(EMPTY_FIELD.into()).or_default() += 1;
+            drop_row(&mut relation, EMPTY_FIELD, i + 1);
             continue;
         }
         if let Some(shots) = &shots {
             let demos = shots.choose(i + 1, &s.subject, &s.object);
             if demos.is_empty() && shots.slot_first() {
-                *dropped.entry(NO_DEMONSTRATION.into()).or_default() += 1;
+                drop_row(&mut relation, NO_DEMONSTRATION, i + 1);
                 continue;
             }
             let p = shots.prompts(demos, &s.subject);
-            rows.push(AttributeRow {
+            relation.rows.push(AttributeRow {
                 line: i + 1,
                 subject: s.subject,
                 object: s.object,
@@ -212,10 +269,10 @@ fn parse_lre(
             None => fill_placeholder(&target, &s.subject),
         };
         let Some(start) = source.find(&s.subject) else {
-            *dropped.entry(SUBJECT_MISSING.into()).or_default() += 1;
+            drop_row(&mut relation, SUBJECT_MISSING, i + 1);
             continue;
         };
-        rows.push(AttributeRow {
+        relation.rows.push(AttributeRow {
             line: i + 1,
             subject_end: start + s.subject.len(),
             source,
@@ -225,11 +282,7 @@ fn parse_lre(
             demonstrations: Vec::new(),
         });
     }
-    Ok(Relation {
-        name: lre.name,
-        rows,
-        dropped,
-    })
+    Ok(relation)
 }
 
 /// The columns a TSV must have.
@@ -268,27 +321,22 @@ fn parse_tsv(
         source: col("prompt_source")?,
         count: header.len(),
     };
-    let mut dropped = Dropped::new();
-    let mut rows = Vec::new();
+    let mut relation = Relation::empty(name.to_string());
     let mut record = csv::StringRecord::new();
     loop {
         let line = reader.position().line() as usize;
         match reader.read_record(&mut record) {
             Ok(false) => break,
             Ok(true) => match tsv_row(&record, &cols, name, target, line) {
-                Ok(row) => rows.push(row),
-                Err(reason) => *dropped.entry(reason.into()).or_default() += 1,
+                Ok(row) => relation.rows.push(row),
+                Err(reason) => drop_row(&mut relation, reason, line),
             },
             // a field that is not UTF-8: the reader moves on to the next record
-            Err(e) if !e.is_io_error() => *dropped.entry(MALFORMED.into()).or_default() += 1,
-            Err(e) => return Err(format!("cannot read the TSV: {e}")),
+            Err(e) if !e.is_io_error() => drop_row(&mut relation, MALFORMED, line),
+            Err(e) => return Err(format!("line {line}: cannot read the TSV: {e}")),
         }
     }
-    Ok(Relation {
-        name: name.to_string(),
-        rows,
-        dropped,
-    })
+    Ok(relation)
 }
 
 /// One TSV record as a row, or the reason it is dropped (the official notebook's filters
@@ -464,14 +512,41 @@ mod tests {
         let path = dir.path().join("r.tsv");
         std::fs::write(
             &path,
-            "prompt_target\tobject\tsubject\tprompt_source\nT x\tO\tS\t\n",
+            "prompt_target\tobject\tsubject\tprompt_source\nT x\tO\tS\t\nT x\tO\t\tS\nT x\tO\tS\t\n",
         )
         .unwrap();
         let e = load_relation(&path, None, Demonstrations::default())
             .unwrap_err()
             .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: no row left to evaluate (dropped: 2 empty prompt_source (the first at line \
+                 2), 1 empty subject or object (line 3))",
+                path.display()
+            )
+        );
+        // LRE files count samples
+        let json = dir.path().join("r.json");
+        std::fs::write(
+            &json,
+            r#"{"name": "r", "prompt_templates": ["The {} is"], "samples": [{"subject": "a", "object": ""}]}"#,
+        )
+        .unwrap();
+        let e = load_relation(&json, None, Demonstrations::default())
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("no row left to evaluate (dropped: 1 empty prompt_source)"),
+            e.ends_with("(dropped: 1 empty subject or object (sample 1))"),
+            "{e}"
+        );
+        // a file that is not UTF-8 names the place
+        std::fs::write(&json, b"{\"name\":\n \"r\xff\"}").unwrap();
+        let e = load_relation(&json, None, Demonstrations::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("r.json: line 2, column 4: not UTF-8 text"),
             "{e}"
         );
         std::fs::write(&path, "subject\tobject\n").unwrap();

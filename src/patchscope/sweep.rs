@@ -7,6 +7,7 @@ use super::mapping::Affine;
 use super::next_token::{
     fit_tuned_lens, lens_rows, run_sources, LensRows, NextToken, PhaseTimes, SampleResult,
 };
+use crate::data::Prompts;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 
@@ -50,26 +51,49 @@ impl Default for SweepSettings {
 }
 
 impl SweepSettings {
-    /// The (train, val) counts for `prompts` prompts, checked.
-    pub fn split(&self, prompts: usize) -> Result<(usize, usize)> {
-        let train = self.train.unwrap_or(prompts / 2);
-        let val = self.val.unwrap_or(prompts.saturating_sub(train));
+    /// The (train, val) counts for the prompt set, checked; a refusal quotes the settings
+    /// (saying which were defaults) and what they were compared with.
+    pub fn split(&self, prompts: &Prompts) -> Result<(usize, usize)> {
+        let n = prompts.len();
+        let train = self.train.unwrap_or(n / 2);
+        let val = self.val.unwrap_or(n.saturating_sub(train));
         let fail = |msg: String| Err(Error::Input(msg));
+        let shown_train = match self.train {
+            Some(t) => format!("--train {t}"),
+            None => format!("--train {train} (the default: half the prompts)"),
+        };
+        if self.train == Some(0) {
+            return fail("--train 0: the tuned lens needs at least 1 training prompt".into());
+        }
         if train == 0 {
-            return fail(
-                "--train must be at least 1 (the tuned lens needs training prompts)".into(),
-            );
+            return fail(format!(
+                "{} holds {n} prompt{}: a sweep needs at least 2 (1 to fit the tuned lens, 1 to \
+                 evaluate)",
+                prompts.origin,
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        if self.val == Some(0) {
+            return fail("--val 0: a sweep evaluates at least 1 prompt".into());
         }
         if val == 0 {
-            return fail("--val must be at least 1".into());
+            return fail(format!(
+                "{shown_train} leaves no prompt to evaluate: {} holds {n} prompts",
+                prompts.origin
+            ));
         }
         if self.batch == 0 {
-            return fail("--batch must be at least 1".into());
+            return fail("--batch 0: a batch holds at least 1 prompt".into());
         }
-        if train + val > prompts {
+        if train + val > n {
+            let shown_val = match self.val {
+                Some(v) => format!("--val {v}"),
+                None => format!("--val {val} (the default: the rest)"),
+            };
             return fail(format!(
-                "--train {train} + --val {val} needs {} prompts, the prompt set has {prompts}",
-                train + val
+                "{shown_train} + {shown_val} needs {} prompts, but {} holds {n}",
+                train + val,
+                prompts.origin
             ));
         }
         Ok((train, val))
@@ -98,14 +122,17 @@ pub struct Sweep<'m, E: Engine> {
 
 impl<'m, E: Engine> Sweep<'m, E> {
     /// Tokenizes the training and evaluated prompts (the first train + val of `prompts`).
-    pub fn new(model: &'m E, prompts: &[String], settings: SweepSettings) -> Result<Self> {
-        let (train, val) = settings.split(prompts.len())?;
+    pub fn new(model: &'m E, prompts: &Prompts, settings: SweepSettings) -> Result<Self> {
+        let (train, val) = settings.split(prompts)?;
         let encode = |range: std::ops::Range<usize>| -> Result<Vec<(usize, Vec<u32>)>> {
             range
                 .map(|i| {
-                    let t = model.tokenizer().encode(&prompts[i])?;
+                    let t = model.tokenizer().encode(&prompts.texts[i])?;
                     if t.is_empty() {
-                        return Err(Error::Input(format!("prompt {i} has no tokens")));
+                        return Err(Error::Input(format!(
+                            "{}: the prompt has no tokens",
+                            prompts.describe(i)
+                        )));
                     }
                     Ok((i, t))
                 })

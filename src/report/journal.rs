@@ -1,6 +1,11 @@
 //! An append-only JSON-lines journal of finished work, flushed after every batch, so a run
-//! killed half-way resumes where it stopped. A torn last line (killed mid-write) is ignored
-//! and rewritten.
+//! killed half-way resumes where it stopped.
+//!
+//! Whole, for a log, means whole records: the journal only ever grows by complete lines.
+//! An append that fails (a full disk, an I/O error) is cut back to the last complete record
+//! before the error is reported, so the file stays a valid JSON-lines file. Only a kill or
+//! a power cut in the middle of one append's write can leave a torn last line; opening the
+//! journal again (`--resume`) drops it.
 
 use crate::error::{Error, Result};
 use serde::{de::DeserializeOwned, Serialize};
@@ -11,6 +16,8 @@ use std::path::{Path, PathBuf};
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// Bytes of complete records in the file.
+    len: u64,
 }
 
 impl Journal {
@@ -20,12 +27,18 @@ impl Journal {
         let mut good_bytes = 0;
         if !fresh && path.exists() {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            for line in text.split_inclusive('\n') {
+            for (i, line) in text.split_inclusive('\n').enumerate() {
                 if !line.ends_with('\n') {
                     break; // torn write
                 }
                 let record = serde_json::from_str(line.trim_end()).map_err(|e| {
-                    Error::input(format!("{}: corrupt journal line: {e}", path.display()))
+                    Error::input(format!(
+                        "{} line {}: not a record of this run's journal: {} (start over \
+                         without --resume, or with another --out)",
+                        path.display(),
+                        i + 1,
+                        crate::data::json_message(&e)
+                    ))
                 })?;
                 records.push(record);
                 good_bytes += line.len();
@@ -36,32 +49,60 @@ impl Journal {
             .write(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        file.set_len(good_bytes as u64)
-            .map_err(|e| Error::io(path, e))?;
+            .map_err(|e| Error::write(path, e))?;
+        let len = good_bytes as u64;
+        file.set_len(len).map_err(|e| Error::write(path, e))?;
         let mut journal = Journal {
             path: path.to_path_buf(),
             file,
+            len,
         };
         use std::io::Seek;
         journal
             .file
-            .seek(std::io::SeekFrom::End(0))
-            .map_err(|e| Error::io(path, e))?;
+            .seek(std::io::SeekFrom::Start(len))
+            .map_err(|e| Error::write(path, e))?;
         Ok((journal, records))
     }
 
-    /// Appends records and syncs them to disk.
+    /// Appends records and syncs them to disk; on failure the journal is cut back to the
+    /// records it held before, and the error names it.
     pub fn append<T: Serialize>(&mut self, records: &[T]) -> Result<()> {
         let mut buf = Vec::new();
         for r in records {
             serde_json::to_writer(&mut buf, r).expect("records serialize");
             buf.push(b'\n');
         }
-        self.file
-            .write_all(&buf)
-            .and_then(|_| self.file.sync_data())
-            .map_err(|e| Error::io(&self.path, e))
+        self.append_bytes(&buf)
+    }
+
+    fn append_bytes(&mut self, buf: &[u8]) -> Result<()> {
+        use std::io::Seek;
+        let written = self.file.write_all(buf).and_then(|_| self.file.sync_data());
+        if let Err(e) = written {
+            // a short write leaves part of a line: cut it off (this frees space, so it
+            // works on a full disk too)
+            let cut = self.file.set_len(self.len).and_then(|_| {
+                self.file
+                    .seek(std::io::SeekFrom::Start(self.len))
+                    .map(|_| ())
+            });
+            return Err(match cut {
+                Ok(()) => Error::write(&self.path, e),
+                Err(cut) => Error::write(
+                    &self.path,
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{e}; cutting the torn record off failed too ({cut}): \
+                             --resume drops it"
+                        ),
+                    ),
+                ),
+            });
+        }
+        self.len += buf.len() as u64;
+        Ok(())
     }
 }
 

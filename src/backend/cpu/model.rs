@@ -22,6 +22,9 @@ pub struct Block {
     pub input_norm: Vec<f32>,
     /// Rows: q (num_heads*head_dim), then k, then v (num_kv_heads*head_dim each).
     pub qkv: Linear,
+    /// Per-head RMSNorm weights [head_dim] of q and of k (Qwen3), applied before RoPE.
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
     pub o_proj: Linear,
     pub post_attention_norm: Vec<f32>,
     /// Rows: gate (intermediate), then up (intermediate).
@@ -196,6 +199,20 @@ impl Ops for CpuModel {
         Ok(())
     }
 
+    fn qk_norm(&self, qkv: &mut Vec<f32>, layer: usize) -> Result<()> {
+        let c = &self.config;
+        let b = &self.blocks[layer];
+        let (Some(qw), Some(kw)) = (&b.q_norm, &b.k_norm) else {
+            return Err(Error::Internal(format!(
+                "block {layer} has no q_norm/k_norm weights"
+            )));
+        };
+        let [q_at, k_at, _] = self.qkv_layouts();
+        rmsnorm::rmsnorm_heads(qkv, q_at, c.num_heads, qw, c.rms_norm_eps);
+        rmsnorm::rmsnorm_heads(qkv, k_at, c.num_kv_heads, kw, c.rms_norm_eps);
+        Ok(())
+    }
+
     fn rope(&self, qkv: &mut Vec<f32>, positions: &Vec<usize>) -> Result<()> {
         let c = &self.config;
         let [q_at, k_at, _] = self.qkv_layouts();
@@ -322,7 +339,7 @@ fn load_block(w: &WeightFiles, c: &Config, l: usize) -> Result<Block> {
         b.extend(attn("v_proj.bias", &[kv])?);
         Some(b)
     } else {
-        if c.arch == Arch::Llama && w.contains(&format!("{p}.self_attn.q_proj.bias")) {
+        if c.arch != Arch::Qwen2 && w.contains(&format!("{p}.self_attn.q_proj.bias")) {
             return Err(Error::Tensor {
                 name: format!("{p}.self_attn.q_proj.bias"),
                 msg: "present, but the config says attention_bias = false".into(),
@@ -330,12 +347,28 @@ fn load_block(w: &WeightFiles, c: &Config, l: usize) -> Result<Block> {
         }
         None
     };
+    let o_b = if c.o_bias {
+        Some(attn("o_proj.bias", &[h])?)
+    } else {
+        None
+    };
+    let (q_norm, k_norm) = if c.qk_norm {
+        let d = c.head_dim;
+        (
+            Some(attn("q_norm.weight", &[d])?),
+            Some(attn("k_norm.weight", &[d])?),
+        )
+    } else {
+        (None, None)
+    };
     let mut gate_up = w.f32(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?;
     gate_up.extend(w.f32(&format!("{p}.mlp.up_proj.weight"), &[i, h])?);
     Ok(Block {
         input_norm: w.f32(&format!("{p}.input_layernorm.weight"), &[h])?,
         qkv: Linear::new(qkv_w, qkv_b, q + 2 * kv, h),
-        o_proj: Linear::new(attn("o_proj.weight", &[h, q])?, None, h, q),
+        q_norm,
+        k_norm,
+        o_proj: Linear::new(attn("o_proj.weight", &[h, q])?, o_b, h, q),
         post_attention_norm: w.f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
         gate_up: Linear::new(gate_up, None, 2 * i, h),
         down: Linear::new(

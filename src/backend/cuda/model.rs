@@ -37,7 +37,7 @@ const GATHER_ROWS: usize = 65535;
 /// Rows of the LM head product per chunk, to bound the scratch for `LogitsAt::All`.
 const LOGIT_CHUNK: usize = 1024;
 
-/// Qwen2/Llama on one GPU. Build it from a loaded host [`CpuModel`] with [`CudaModel::new`].
+/// Qwen2/Qwen3/Llama on one GPU. Build it from a loaded host [`CpuModel`] with [`CudaModel::new`].
 pub struct CudaModel {
     dev: Arc<Device>,
     config: Config,
@@ -49,7 +49,7 @@ pub struct CudaModel {
 
 impl CudaModel {
     /// Uploads `host`'s weights to `dev`: matrices, embedding table and LM head in
-    /// `dtype`, norms and biases in f32.
+    /// `dtype`, norms (q/k norms included) and biases in f32.
     pub fn new(host: &CpuModel, dev: Arc<Device>, dtype: DType) -> Result<CudaModel> {
         let c = &host.config;
         if c.head_dim == 0 || c.head_dim > HEAD_DIM_MAX {
@@ -305,11 +305,26 @@ impl<T: Elem> Ops for Typed<'_, T> {
         let (d, inter) = (c.hidden_size, c.intermediate_size);
         let (w, bias, inp, width) = match proj {
             Proj::Qkv => (&b.qkv, b.qkv_bias.as_ref(), d, c.q_dim() + 2 * c.kv_dim()),
-            Proj::O => (&b.o_proj, None, c.q_dim(), d),
+            Proj::O => (&b.o_proj, b.o_bias.as_ref(), c.q_dim(), d),
             Proj::GateUp => (&b.gate_up, None, d, 2 * inter),
             Proj::Down => (&b.down, None, inter, d),
         };
         gemm::linear(self.dev(), x, x.len() / inp, inp, w, width, bias, out)
+    }
+
+    fn qk_norm(&self, qkv: &mut CudaSlice<f32>, layer: usize) -> Result<()> {
+        let c = &self.m.config;
+        let b = &self.w.blocks[layer];
+        let (Some(qw), Some(kw)) = (&b.q_norm, &b.k_norm) else {
+            return Err(Error::Internal(format!(
+                "block {layer} has no q_norm/k_norm weights"
+            )));
+        };
+        let [q_at, k_at, _] = self.qkv_layouts();
+        let n = qkv.len() / q_at.stride;
+        let eps = c.rms_norm_eps;
+        k::rmsnorm_heads(self.dev(), qkv, q_at, n, c.num_heads, qw, eps)?;
+        k::rmsnorm_heads(self.dev(), qkv, k_at, n, c.num_kv_heads, kw, eps)
     }
 
     fn rope(&self, qkv: &mut CudaSlice<f32>, batch: &AttnBatch) -> Result<()> {

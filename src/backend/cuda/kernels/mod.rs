@@ -23,6 +23,7 @@ pub(crate) const KERNELS: &[&str] = &[
     "rmsnorm_f32",
     "rmsnorm_f16",
     "rmsnorm_bf16",
+    "rmsnorm_heads_f32",
     "rope_f32",
     "swiglu_f32",
     "swiglu_f16",
