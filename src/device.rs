@@ -11,26 +11,45 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Where the pass runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceSpec {
     Cpu,
     Cuda(usize),
     /// GPU 0 when one is usable, else the CPU.
     Auto,
+    /// Several GPUs (`cuda:0,cuda:1`), each running a shard of a sweep or attributes run.
+    Gpus(Vec<usize>),
+    /// Every GPU of the machine (`cuda:all`), likewise.
+    AllGpus,
 }
 
 impl FromStr for DeviceSpec {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let one = |d: &str| match d {
+            "cuda" => Some(0),
+            _ => d.strip_prefix("cuda:")?.parse().ok(),
+        };
         match s {
             "cpu" => Ok(DeviceSpec::Cpu),
             "auto" => Ok(DeviceSpec::Auto),
-            "cuda" => Ok(DeviceSpec::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("unknown device {s:?}: use cpu, cuda, cuda:N or auto")),
+            "cuda:all" => Ok(DeviceSpec::AllGpus),
+            _ if s.contains(',') => {
+                let gpus: Option<Vec<usize>> = s.split(',').map(|d| one(d.trim())).collect();
+                let gpus = gpus.ok_or_else(|| {
+                    format!("unknown devices {s:?}: list GPUs as cuda:0,cuda:1 (or use cuda:all)")
+                })?;
+                let mut distinct = gpus.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                if distinct.len() != gpus.len() {
+                    return Err(format!("devices {s:?}: a GPU is listed twice"));
+                }
+                Ok(DeviceSpec::Gpus(gpus))
+            }
+            _ => one(s).map(DeviceSpec::Cuda).ok_or_else(|| {
+                format!("unknown device {s:?}: use cpu, cuda, cuda:N, cuda:0,cuda:1, cuda:all or auto")
+            }),
         }
     }
 }
@@ -77,6 +96,18 @@ pub enum Loaded {
     Cuda(CudaModel),
 }
 
+impl DeviceSpec {
+    /// The GPUs of a several-GPU device (`cuda:all`: every GPU found), or None for one
+    /// device.
+    pub fn several(&self) -> Result<Option<Vec<usize>>> {
+        match self {
+            DeviceSpec::Gpus(g) => Ok(Some(g.clone())),
+            DeviceSpec::AllGpus => Ok(Some((0..crate::backend::cuda::gpu_count()?).collect())),
+            _ => Ok(None),
+        }
+    }
+}
+
 impl Loaded {
     /// Puts a loaded (host) model on `device`. `note` receives what a user should know:
     /// why `auto` fell back to the CPU, and the upload time.
@@ -95,7 +126,14 @@ impl Loaded {
                 }
                 return Ok(Loaded::Cpu(host));
             }
-            DeviceSpec::Cuda(n) => Device::new(n)?,
+            DeviceSpec::Cuda(n) => return Loaded::on_gpu(&host, n, dtype, note),
+            DeviceSpec::Gpus(_) | DeviceSpec::AllGpus => {
+                return Err(Error::Input(
+                    "several GPUs run a sweep or an attributes run, one shard each: give one \
+                     device here (cuda:0)"
+                        .into(),
+                ))
+            }
             DeviceSpec::Auto => match Device::new(0) {
                 Ok(d) => d,
                 Err(e) => {
@@ -106,9 +144,28 @@ impl Loaded {
                 }
             },
         };
+        Loaded::upload(&host, device, dtype, note)
+    }
+
+    /// Uploads a copy of `host`'s weights to GPU `ordinal`.
+    pub fn on_gpu(
+        host: &CpuModel,
+        ordinal: usize,
+        dtype: DTypeSpec,
+        note: &mut dyn FnMut(String),
+    ) -> Result<Loaded> {
+        Loaded::upload(host, Device::new(ordinal)?, dtype, note)
+    }
+
+    fn upload(
+        host: &CpuModel,
+        device: Device,
+        dtype: DTypeSpec,
+        note: &mut dyn FnMut(String),
+    ) -> Result<Loaded> {
         let t = Instant::now();
-        let dtype = dtype.resolve(&host, &device);
-        let model = CudaModel::new(&host, Arc::new(device), dtype)?;
+        let dtype = dtype.resolve(host, &device);
+        let model = CudaModel::new(host, Arc::new(device), dtype)?;
         note(format!(
             "uploaded to {} in {:.2}s",
             crate::Engine::describe(&model),

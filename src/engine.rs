@@ -39,8 +39,11 @@ pub trait Engine {
     /// The LM head's argmax for each final-normed state: what `argmax` of its logits gives,
     /// without handing the logits back.
     fn head_argmax(&self, final_normed: Vec<Vec<f32>>) -> Result<Vec<u32>>;
-    /// Where the pass runs, for logs and reports ("cpu f32", "cuda:0 NVIDIA H100 f16").
+    /// Where the pass runs, for logs ("cpu f32", "cuda:1 NVIDIA H100 (sm_90) F16").
     fn describe(&self) -> String;
+    /// What computes, not which GPU slot ("cpu f32", "NVIDIA H100 (sm_90) F16"): results
+    /// record this, since the same kind of card gives the same bits in any slot.
+    fn hardware(&self) -> String;
     /// Bytes per element of the weight matrices and the KV cache.
     fn weight_elem_bytes(&self) -> usize;
 

@@ -29,7 +29,9 @@ struct ModelArgs {
     #[arg(long)]
     revision: Option<String>,
     /// Where the pass runs: cpu, cuda (GPU 0), cuda:N, or auto (GPU 0 when one is usable,
-    /// else the CPU). Default: $QWEN_SCOPE_DEVICE when it is set, else auto.
+    /// else the CPU); for sweep and attributes also several GPUs, cuda:0,cuda:1 or
+    /// cuda:all, one shard of the run each, merged into --out. Default: $QWEN_SCOPE_DEVICE
+    /// when it is set, else auto.
     #[arg(long)]
     device: Option<DeviceSpec>,
     /// Weight type on the GPU: f32 (exact comparisons), f16, bf16 (sm_80 and newer), or
@@ -46,8 +48,8 @@ impl ModelArgs {
     /// `--device`, else $QWEN_SCOPE_DEVICE, else auto; and, when the environment chose it,
     /// the variable's setting, for messages.
     fn device(&self) -> Result<(DeviceSpec, Option<String>)> {
-        if let Some(d) = self.device {
-            return Ok((d, None));
+        if let Some(d) = &self.device {
+            return Ok((d.clone(), None));
         }
         match std::env::var(DEVICE_VAR) {
             Ok(v) if !v.is_empty() => match v.parse() {
@@ -63,6 +65,12 @@ impl ModelArgs {
                 bail!("the environment variable {DEVICE_VAR} is not UTF-8 text")
             }
         }
+    }
+
+    /// The GPUs when the device names several (which only sweep and attributes take).
+    fn several_gpus(&self) -> Result<Option<Vec<usize>>> {
+        let (device, _) = self.device()?;
+        Ok(device.several()?)
     }
 
     fn load(&self) -> Result<Loaded> {
@@ -151,6 +159,16 @@ enum Command {
         #[command(flatten)]
         attributes: cli::attributes::AttributesArgs,
     },
+    /// Joins the shard folders of a run split with --shard K/N into OUT: the results the
+    /// unsharded run writes, byte for byte. Refuses shards of different runs, and names
+    /// missing, repeated or unfinished ones.
+    Merge {
+        /// The results folder to write.
+        out: PathBuf,
+        /// The shard folders (all N of them, in any order).
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+    },
     /// One patchscope by hand (e.g. an entity description): the text generated per layer.
     Inspect {
         #[command(flatten)]
@@ -186,6 +204,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Several GPUs already split the run into shards, one per GPU.
+fn refuse_shard_on_gpus(shard: Option<qwen_scope::report::shard::Shard>) -> Result<()> {
+    match shard {
+        Some(s) => bail!(
+            "--shard {s} with several GPUs: they split the run themselves; give each Slurm \
+             task or process one device and its own --shard"
+        ),
+        None => Ok(()),
+    }
+}
+
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Forward {
@@ -205,14 +234,44 @@ fn run(command: Command) -> Result<()> {
         )),
         Command::Sweep { model, sweep } => {
             let run_model = model.run_model()?;
+            if let Some(gpus) = model.several_gpus()? {
+                refuse_shard_on_gpus(sweep.shard)?;
+                let run = |m: &Loaded, shard, out, resume| {
+                    let a = cli::sweep::SweepArgs {
+                        shard: Some(shard),
+                        out,
+                        resume,
+                        ..sweep.clone()
+                    };
+                    with_engine!(m, |m| cli::sweep::sweep(m, &run_model, &a))
+                };
+                let host = model.load_host()?;
+                return cli::devices::on_gpus(&host, &gpus, model.dtype, &sweep.out, sweep.resume, &run);
+            }
             with_engine!(&model.load()?, |m| cli::sweep::sweep(m, &run_model, &sweep))
         }
         Command::Attributes { model, attributes } => {
             let run_model = model.run_model()?;
+            if let Some(gpus) = model.several_gpus()? {
+                refuse_shard_on_gpus(attributes.shard)?;
+                let run = |m: &Loaded, shard, out, resume| {
+                    let a = cli::attributes::AttributesArgs {
+                        shard: Some(shard),
+                        out,
+                        resume,
+                        ..attributes.clone()
+                    };
+                    with_engine!(m, |m| cli::attributes::attributes(m, &run_model, &a))
+                };
+                let host = model.load_host()?;
+                let out = &attributes.out;
+                return cli::devices::on_gpus(&host, &gpus, model.dtype, out, attributes.resume, &run);
+            }
             with_engine!(&model.load()?, |m| {
                 cli::attributes::attributes(m, &run_model, &attributes)
             })
         }
+        Command::Merge { out, shards } => cli::merge::merge(&out, &shards),
         Command::Inspect { model, inspect } => {
             with_engine!(&model.load()?, |m| cli::inspect::inspect(m, &inspect))
         }

@@ -243,7 +243,7 @@ fn run_attributes<E: Engine>(
     for r in &ext.relations {
         ext.check_targets(r)?;
     }
-    let todo = ext.todo(&[]);
+    let todo = ext.todo();
     let mut done: Vec<Record> = Vec::with_capacity(todo.len());
     progress.report("rows", 0, todo.len())?;
     for chunk in todo.chunks(ext.settings.batch) {
@@ -258,7 +258,7 @@ fn run_attributes<E: Engine>(
     }
     done.sort_by(|x, y| (&x.relation, x.result.row).cmp(&(&y.relation, y.result.row)));
     let (sl, tl) = (ext.exp.source_layers.clone(), ext.exp.target_layers.clone());
-    let summaries = accuracy::summarize(&ext.relations, &done, &sl, &tl);
+    let summaries = accuracy::summarize(&accuracy::relation_names(&ext.relations), &done, &sl, &tl);
     Ok((done, (sl, tl), summaries))
 }
 

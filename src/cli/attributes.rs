@@ -1,17 +1,17 @@
 //! `qwen-scope attributes`: attribute extraction (paper section 4.2) over relation files,
 //! accuracy per (source layer, target layer), resumable.
 
-use super::sweep::progress;
+use super::sweep::{progress, shard_label};
 use anyhow::{Context, Result};
 use qwen_scope::patchscope::demonstrations::{self, Demonstrations};
-use qwen_scope::patchscope::extraction::{Extraction, ExtractionSettings, Record};
+use qwen_scope::patchscope::extraction::{Extraction, ExtractionSettings, Record, Todo};
 use qwen_scope::patchscope::relations::describe_dropped;
 use qwen_scope::report::accuracy::{self, RelationSummary};
-use qwen_scope::report::{journal::Journal, plot, write_atomic};
+use qwen_scope::report::{journal::Journal, plot, shard::Shard, write_atomic};
 use qwen_scope::Engine;
 use std::path::PathBuf;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct AttributesArgs {
     /// Relation files: LRE JSON (.json) or the official preprocessed TSVs (.tsv).
     #[arg(long, required = true, num_args = 1..)]
@@ -53,6 +53,11 @@ pub struct AttributesArgs {
     /// Rows evaluated together (their cells share generations; one journal flush each).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Evaluate only shard K of N (counted from 0): a contiguous part of the rows of all
+    /// the relation files, in whole batches; `qwen-scope merge` joins the N shard folders
+    /// into the results of the whole run.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<Shard>,
 }
 
 impl AttributesArgs {
@@ -110,10 +115,12 @@ pub fn attributes<E: Engine>(
         // every target prompt is checked (and run once) before the results folder exists
         ext.check_targets(r)?;
     }
-    let run = serde_json::json!({
+    let all = ext.todo();
+    let mut run = serde_json::json!({
         "experiment": "attributes",
         "model": run_model.record(),
-        "device": model.describe(),
+        "device": model.hardware(),
+        "num_layers": num_layers,
         "relations": a.relations.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "relations_fingerprints": a.relations.iter().map(|p| qwen_scope::digest::file_fingerprint(p)).collect::<qwen_scope::Result<Vec<_>>>()?,
         "target": a.target,
@@ -123,16 +130,32 @@ pub fn attributes<E: Engine>(
         "max_new": a.max_new,
         "only_correct": exp.only_correct,
         "limit": a.limit,
+        "batch": a.batch,
     });
+    let mine = a.shard.unwrap_or(Shard::WHOLE).units(all.len(), a.batch);
+    if let Some(s) = a.shard {
+        run["shard"] = s.record(all.len(), a.batch);
+        super::note_shard(s, &mine, all.len(), a.batch, "rows");
+    }
     super::prepare_out(&a.out, &run, "rows.jsonl", a.resume)?;
     let journal_path = a.out.join("rows.jsonl");
     let (mut journal, mut done) = Journal::open::<Record>(&journal_path, !a.resume)?;
-    let todo = ext.todo(&done);
-    let bar = progress(todo.len(), "rows");
+    let finished: std::collections::HashSet<(&str, usize)> = done
+        .iter()
+        .map(|d| (d.relation.as_str(), d.result.row))
+        .collect();
+    // each row with its place in the whole run, which fixes the batch it is evaluated in
+    let todo: Vec<(usize, Todo)> = (mine.clone())
+        .map(|place| (place, all[place]))
+        .filter(|(_, (name, row, _))| !finished.contains(&(*name, *row)))
+        .collect();
+    let bar = progress(todo.len(), &shard_label("rows", a.shard));
     let fresh = done.is_empty();
     let started = std::time::Instant::now();
     let mut cells = 0;
-    for chunk in todo.chunks(a.batch) {
+    for chunk in todo.chunk_by(|x, y| x.0 / a.batch == y.0 / a.batch) {
+        let chunk: Vec<Todo> = chunk.iter().map(|&(_, row)| row).collect();
+        let chunk = &chunk[..];
         let records = ext
             .evaluate(chunk)
             .with_context(|| Extraction::<E>::describe(chunk));
@@ -163,7 +186,7 @@ pub fn attributes<E: Engine>(
     );
     done.sort_by(|x, y| (&x.relation, x.result.row).cmp(&(&y.relation, y.result.row)));
     let summary = accuracy::summarize(
-        &ext.relations,
+        &accuracy::relation_names(&ext.relations),
         &done,
         &exp.source_layers,
         &exp.target_layers,
@@ -171,7 +194,7 @@ pub fn attributes<E: Engine>(
     report(&a.out, &run, &summary, num_layers)
 }
 
-fn report(
+pub fn report(
     out: &std::path::Path,
     run: &serde_json::Value,
     summaries: &[RelationSummary],

@@ -2,13 +2,15 @@
 //! results folders share: the run record and its checks.
 
 use anyhow::{bail, Context, Result};
-use qwen_scope::report::write_atomic;
+use qwen_scope::report::{shard::Shard, write_atomic};
 use std::path::Path;
 
 pub mod attributes;
 pub mod bench;
+pub mod devices;
 pub mod forward;
 pub mod inspect;
+pub mod merge;
 pub mod sweep;
 
 /// The model a results folder was made from: its name as given, and each file's
@@ -98,16 +100,35 @@ pub fn prepare_out(out: &Path, run: &serde_json::Value, journal: &str, resume: b
 /// What differs between two run records, one line per difference ("  key: earlier X, now
 /// Y"), down to the single setting or model file, leaving out [`WHERE_FROM`].
 fn changed_settings(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    differences(old, new, ("earlier", "now"))
+}
+
+/// [`changed_settings`] with other names for the two records.
+fn differences(
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    names: (&str, &str),
+) -> Vec<String> {
     let mut lines = Vec::new();
-    diff("", old, new, &mut lines);
+    diff("", old, new, names, &mut lines);
     lines
 }
 
-fn diff(key: &str, old: &serde_json::Value, new: &serde_json::Value, lines: &mut Vec<String>) {
+fn diff(
+    key: &str,
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    names: (&str, &str),
+    lines: &mut Vec<String>,
+) {
     use serde_json::Value;
     if WHERE_FROM.contains(&key) {
         return;
     }
+    let line = |key: &str, old: Option<&Value>, new: Option<&Value>| {
+        let show = |v: Option<&Value>| v.map_or("absent".into(), |v| v.to_string());
+        format!("  {key}: {} {}, {} {}", names.0, show(old), names.1, show(new))
+    };
     if let (Value::Object(o), Value::Object(n)) = (old, new) {
         let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
         keys.sort();
@@ -119,7 +140,7 @@ fn diff(key: &str, old: &serde_json::Value, new: &serde_json::Value, lines: &mut
                 format!("{key}.{k}")
             };
             match (o.get(k), n.get(k)) {
-                (Some(a), Some(b)) => diff(&sub, a, b, lines),
+                (Some(a), Some(b)) => diff(&sub, a, b, names, lines),
                 (a, b) if !WHERE_FROM.contains(&sub.as_str()) => lines.push(line(&sub, a, b)),
                 _ => {}
             }
@@ -129,9 +150,23 @@ fn diff(key: &str, old: &serde_json::Value, new: &serde_json::Value, lines: &mut
     }
 }
 
-fn line(key: &str, old: Option<&serde_json::Value>, new: Option<&serde_json::Value>) -> String {
-    let show = |v: Option<&serde_json::Value>| v.map_or("absent".into(), |v| v.to_string());
-    format!("  {key}: earlier {}, now {}", show(old), show(new))
+/// Says which part of the run a shard owns, and when it owns nothing, why.
+fn note_shard(shard: Shard, mine: &std::ops::Range<usize>, units: usize, batch: usize, what: &str) {
+    let batches = units.div_ceil(batch);
+    if mine.is_empty() {
+        eprintln!(
+            "shard {shard} owns none of the {units} {what}: they make {batches} batches of up to              {batch} for {} shards (a smaller --batch spreads them over more)",
+            shard.count
+        );
+    } else {
+        eprintln!(
+            "shard {shard}: {what} {}..{} of {units} (batches {}..{} of {batches})",
+            mine.start,
+            mine.end,
+            mine.start / batch,
+            mine.end.div_ceil(batch)
+        );
+    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,12 @@ use qwen_scope::patchscope::mapping::{load_affines, save_affines, Affine};
 use qwen_scope::patchscope::next_token::{PhaseTimes, SampleResult};
 pub use qwen_scope::patchscope::sweep::LensPositions;
 use qwen_scope::patchscope::sweep::{Sweep, SweepSettings};
-use qwen_scope::report::{journal::Journal, plot, summary};
+use qwen_scope::report::{journal::Journal, plot, shard::Shard, summary};
 use qwen_scope::Engine;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct SweepArgs {
     /// Prompts (.txt one per line, or .jsonl with {"text": ...}); default: the 300
     /// sentences shipped with qwen-scope.
@@ -51,6 +51,11 @@ pub struct SweepArgs {
     /// Use the reference path (one whole target forward per cell) instead of the fast one.
     #[arg(long)]
     pub reference: bool,
+    /// Evaluate only shard K of N (counted from 0): a contiguous part of the evaluated
+    /// prompts, in whole batches; `qwen-scope merge` joins the N shard folders into the
+    /// results of the whole run. Every shard fits the tuned lens itself.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<Shard>,
 }
 
 impl SweepArgs {
@@ -74,10 +79,10 @@ pub fn sweep<E: Engine>(model: &E, run_model: &super::RunModel, a: &SweepArgs) -
         None => Prompts::default_set(),
     };
     let (train, val) = a.settings().split(&prompts)?;
-    let run = serde_json::json!({
+    let mut run = serde_json::json!({
         "experiment": "next_token",
         "model": run_model.record(),
-        "device": model.describe(),
+        "device": model.hardware(),
         "num_layers": model.num_layers(),
         "prompts": a.prompts.as_ref().map(|p| p.display().to_string()).unwrap_or("default".into()),
         "prompts_digest": digest(&prompts.texts[..train + val]),
@@ -88,7 +93,14 @@ pub fn sweep<E: Engine>(model: &E, run_model: &super::RunModel, a: &SweepArgs) -
         "target_prompt": a.target_prompt,
         "lens_positions": if a.lens_positions == LensPositions::All { "all" } else { "one" },
         "path": if a.reference { "reference" } else { "fast" },
+        "batch": a.batch,
     });
+    let shard = a.shard.unwrap_or(Shard::WHOLE);
+    let mine = shard.units(val, a.batch);
+    if let Some(s) = a.shard {
+        run["shard"] = s.record(val, a.batch);
+        super::note_shard(s, &mine, val, a.batch, "prompts");
+    }
     super::prepare_out(&a.out, &run, "samples.jsonl", a.resume)?;
 
     let sweep = Sweep::new(model, &prompts, a.settings())?;
@@ -98,16 +110,15 @@ pub fn sweep<E: Engine>(model: &E, run_model: &super::RunModel, a: &SweepArgs) -
     let (mut journal, mut results) =
         Journal::open::<SampleResult>(&a.out.join("samples.jsonl"), !a.resume)?;
     let done: std::collections::HashSet<usize> = results.iter().map(|r| r.index).collect();
-    let todo: Vec<(usize, Vec<u32>)> = sweep
-        .val_set
+    let todo: Vec<(usize, Vec<u32>)> = sweep.val_set[mine.clone()]
         .iter()
         .filter(|(i, _)| !done.contains(i))
         .cloned()
         .collect();
     if !done.is_empty() {
-        eprintln!("resuming: {} of {val} samples already done", done.len());
+        eprintln!("resuming: {} of {} samples already done", done.len(), mine.len());
     }
-    let bar = progress(todo.len(), "evaluating");
+    let bar = progress(todo.len(), &shard_label("evaluating", a.shard));
     let started = Instant::now();
     let mut times = PhaseTimes::default();
     sweep.evaluate(&experiment, &todo, &mut times, &mut |batch| {
@@ -129,7 +140,21 @@ pub fn sweep<E: Engine>(model: &E, run_model: &super::RunModel, a: &SweepArgs) -
         report_phases(&times, todo.len(), model.num_layers(), a.grid);
     }
     results.sort_by_key(|r| r.index);
-    write_reports(model, &a.out, &run, &results, a.grid)
+    if results.is_empty() {
+        // a shard that owns no prompts: its folder records that, for the merge
+        return Ok(());
+    }
+    let decode = |t: u32| model.tokenizer().decode(&[t]).unwrap_or_default();
+    summary::write_samples_csv(&a.out.join("samples.csv"), &results, &decode)?;
+    write_summaries(&a.out, &run, &results)
+}
+
+/// A progress bar's message, naming the shard where there is one.
+pub fn shard_label(what: &str, shard: Option<Shard>) -> String {
+    match shard {
+        Some(s) => format!("shard {s}: {what}"),
+        None => what.to_string(),
+    }
 }
 
 /// Prints where the fast path's time went, and the token-identity patchscope's own
@@ -155,7 +180,10 @@ fn tuned_lens<E: Engine>(sweep: &Sweep<E>, a: &SweepArgs, path: &Path) -> Result
     if a.resume && path.exists() {
         return Ok(load_affines(path)?);
     }
-    let bar = progress(sweep.train_set.len(), "tuned lens: training passes");
+    let bar = progress(
+        sweep.train_set.len(),
+        &shard_label("tuned lens: training passes", a.shard),
+    );
     let fit = sweep.fit_lens(&mut |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     let (n, unknowns) = (fit.rows, fit.unknowns);
@@ -174,16 +202,12 @@ fn tuned_lens<E: Engine>(sweep: &Sweep<E>, a: &SweepArgs, path: &Path) -> Result
     Ok(fit.maps)
 }
 
-fn write_reports<E: Engine>(
-    model: &E,
-    out: &Path,
-    run: &serde_json::Value,
-    results: &[SampleResult],
-    grid: bool,
-) -> Result<()> {
-    let decode = |t: u32| model.tokenizer().decode(&[t]).unwrap_or_default();
+/// The tables and plots of a run's results (samples.csv aside, which needs the tokenizer),
+/// from its run record: the whole run's after a merge, or one shard's.
+pub fn write_summaries(out: &Path, run: &serde_json::Value, results: &[SampleResult]) -> Result<()> {
+    let grid = run["grid"].as_bool().unwrap_or(false);
+    let num_layers = run["num_layers"].as_u64().unwrap_or(0) as usize;
     let sum = summary::summarize(results);
-    summary::write_samples_csv(&out.join("samples.csv"), results, &decode)?;
     summary::write_summary_csv(&out.join("summary.csv"), &sum)?;
     summary::write_summary_json(&out.join("summary.json"), run, &sum)?;
     let title = format!(
@@ -198,12 +222,7 @@ fn write_reports<E: Engine>(
             .map(|s| (s.source_layer, s.target_layer, s.precision_at_1))
             .collect();
         let title = "token identity precision@1";
-        plot::heatmap(
-            &out.join("grid_precision.png"),
-            title,
-            model.num_layers(),
-            &cells,
-        )?;
+        plot::heatmap(&out.join("grid_precision.png"), title, num_layers, &cells)?;
     }
     print_table(&sum);
     eprintln!("results in {}", out.display());

@@ -116,16 +116,11 @@ impl<'m, E: Engine> Extraction<'m, E> {
         Ok(())
     }
 
-    /// Every row to evaluate, in file order, leaving out those in `done`.
-    pub fn todo(&self, done: &[Record]) -> Vec<Todo<'_>> {
+    /// Every row to evaluate, in file order.
+    pub fn todo(&self) -> Vec<Todo<'_>> {
         self.relations
             .iter()
             .flat_map(|r| self.rows(r).map(move |(i, row)| (r.name.as_str(), i, row)))
-            .filter(|(name, i, _)| {
-                !done
-                    .iter()
-                    .any(|d| d.relation == *name && d.result.row == *i)
-            })
             .collect()
     }
 

@@ -170,8 +170,11 @@ impl<'m, E: Engine> Sweep<'m, E> {
         NextToken::new(self.model, &s.target_prompt, tuned_lens, s.grid)
     }
 
-    /// Evaluates `todo` (a part of `val_set`) batch by batch, handing each batch's results
-    /// to `on_batch` in order; the fast path adds its phase times to `times`.
+    /// Evaluates `todo` (a part of `val_set`, in order) batch by batch, handing each batch's
+    /// results to `on_batch` in order; the fast path adds its phase times to `times`. The
+    /// batches are those of the whole val set (cut every `batch` prompts), whatever part
+    /// `todo` is (a shard, the rest of a resumed run): a prompt's results depend, in their
+    /// last bits, on the prompts that share its batch.
     pub fn evaluate(
         &self,
         experiment: &NextToken<'m, E>,
@@ -180,7 +183,8 @@ impl<'m, E: Engine> Sweep<'m, E> {
         on_batch: &mut dyn FnMut(Vec<SampleResult>) -> Result<()>,
     ) -> Result<()> {
         let seed = self.settings.seed;
-        for chunk in todo.chunks(self.settings.batch) {
+        let batch_of = |(i, _): &(usize, Vec<u32>)| (i - self.train_set.len()) / self.settings.batch;
+        for chunk in todo.chunk_by(|a, b| batch_of(a) == batch_of(b)) {
             let batch = if self.settings.reference {
                 chunk
                     .iter()

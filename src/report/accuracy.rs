@@ -35,16 +35,25 @@ impl RelationSummary {
     }
 }
 
-/// One summary per relation, in `relations` order, then "all".
+/// Each relation's name and the rows left out of its file, as [`summarize`] takes them.
+pub fn relation_names(relations: &[Relation]) -> Vec<(&str, &Dropped)> {
+    relations
+        .iter()
+        .map(|r| (r.name.as_str(), &r.dropped))
+        .collect()
+}
+
+/// One summary per relation (name, rows left out of its file), in `relations` order, then
+/// "all".
 pub fn summarize(
-    relations: &[Relation],
+    relations: &[(&str, &Dropped)],
     done: &[Record],
     source_layers: &[usize],
     target_layers: &[usize],
 ) -> Vec<RelationSummary> {
     let names = relations
         .iter()
-        .map(|r| Some(r.name.as_str()))
+        .map(|&(name, _)| Some(name))
         .chain(std::iter::once(None));
     names
         .map(|name| {
@@ -58,11 +67,11 @@ pub fn summarize(
                 .filter(|r| r.result.evaluated)
                 .collect();
             let mut dropped = Dropped::new();
-            for r in relations
+            for (_, left_out) in relations
                 .iter()
-                .filter(|r| name.is_none_or(|n| r.name == n))
+                .filter(|&&(r, _)| name.is_none_or(|n| r == n))
             {
-                for (reason, n) in &r.dropped {
+                for (reason, n) in left_out.iter() {
                     *dropped.entry(reason.clone()).or_default() += n;
                 }
             }

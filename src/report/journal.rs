@@ -20,30 +20,39 @@ pub struct Journal {
     len: u64,
 }
 
+/// The complete records of a journal, each with its line (without the newline), leaving
+/// out a torn last line; reads only.
+pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Vec<(String, T)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut records = Vec::new();
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let Some(line) = line.strip_suffix('\n') else {
+            break; // torn write
+        };
+        let record = serde_json::from_str(line).map_err(|e| {
+            Error::input(format!(
+                "{} line {}: not a record of this run's journal: {} (start over \
+                 without --resume, or with another --out)",
+                path.display(),
+                i + 1,
+                crate::data::json_message(&e)
+            ))
+        })?;
+        records.push((line.to_string(), record));
+    }
+    Ok(records)
+}
+
 impl Journal {
     /// Opens the journal, reading the records already in it (`fresh` empties it first).
     pub fn open<T: DeserializeOwned>(path: &Path, fresh: bool) -> Result<(Journal, Vec<T>)> {
-        let mut records = Vec::new();
-        let mut good_bytes = 0;
-        if !fresh && path.exists() {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            for (i, line) in text.split_inclusive('\n').enumerate() {
-                if !line.ends_with('\n') {
-                    break; // torn write
-                }
-                let record = serde_json::from_str(line.trim_end()).map_err(|e| {
-                    Error::input(format!(
-                        "{} line {}: not a record of this run's journal: {} (start over \
-                         without --resume, or with another --out)",
-                        path.display(),
-                        i + 1,
-                        crate::data::json_message(&e)
-                    ))
-                })?;
-                records.push(record);
-                good_bytes += line.len();
-            }
-        }
+        let (records, good_bytes) = if !fresh && path.exists() {
+            let lines = read::<T>(path)?;
+            let bytes = lines.iter().map(|(line, _)| line.len() + 1).sum();
+            (lines.into_iter().map(|(_, r)| r).collect(), bytes)
+        } else {
+            (Vec::new(), 0)
+        };
         let file = OpenOptions::new()
             .create(true)
             .write(true)

@@ -4,6 +4,7 @@ pub mod accuracy;
 pub mod atomic;
 pub mod journal;
 pub mod plot;
+pub mod shard;
 pub mod summary;
 
 /// Writes `bytes` to `path`, whole or not at all ([`atomic::write`]).

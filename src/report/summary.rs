@@ -115,6 +115,37 @@ pub fn write_samples_csv(
     write_atomic(path, &bytes)
 }
 
+/// The samples.csv of a run split into parts (shards, in order): their rows, one header.
+pub fn merge_samples_csv(path: &Path, parts: &[std::path::PathBuf]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Option<csv::ByteRecord> = None;
+    for part in parts {
+        let csv_err = |e: csv::Error| Error::input(format!("{}: {e}", part.display()));
+        let mut r = csv::Reader::from_path(part).map_err(csv_err)?;
+        let h = r.byte_headers().map_err(csv_err)?.clone();
+        match &header {
+            None => {
+                w.write_byte_record(&h).map_err(csv_err)?;
+                header = Some(h);
+            }
+            Some(first) if *first != h => {
+                return Err(Error::input(format!(
+                    "{}: other columns than {}",
+                    part.display(),
+                    parts[0].display()
+                )))
+            }
+            Some(_) => {}
+        }
+        for record in r.byte_records() {
+            w.write_byte_record(&record.map_err(csv_err)?)
+                .map_err(csv_err)?;
+        }
+    }
+    let bytes = w.into_inner().map_err(|e| Error::input(e.to_string()))?;
+    write_atomic(path, &bytes)
+}
+
 /// summary.csv: the per-layer means.
 pub fn write_summary_csv(path: &Path, summary: &[LayerSummary]) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());

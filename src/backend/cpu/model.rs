@@ -407,6 +407,9 @@ impl Engine for CpuModel {
         model::head_argmax(self, final_normed, || self.new_cache())
     }
     fn describe(&self) -> String {
+        self.hardware()
+    }
+    fn hardware(&self) -> String {
         "cpu f32".into()
     }
     fn weight_elem_bytes(&self) -> usize {

@@ -131,24 +131,30 @@ fn version_str(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
 
+/// How many GPUs the driver sees; an error (never a panic) where there is no driver.
+pub fn gpu_count() -> Result<usize> {
+    // cudarc panics on first use when libcuda is missing: check first.
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(Error::Cuda(NO_DRIVER.into()));
+    }
+    result::init().map_err(|e| {
+        Error::Cuda(format!(
+            "the CUDA driver failed to initialise ({e}); is there an NVIDIA GPU? Run with \
+             --device cpu otherwise"
+        ))
+    })?;
+    let count = result::device::get_count().map_err(|e| cuda_err("device count", e))?;
+    Ok(count.max(0) as usize)
+}
+
 impl Device {
     /// Opens GPU `ordinal` and loads the embedded kernels on it. Fails with a clear message
     /// (never panics) when there is no driver, no such GPU, no kernels in this build, or
     /// no code for this GPU's architecture.
     pub fn new(ordinal: usize) -> Result<Device> {
-        // cudarc panics on first use when libcuda is missing: check first.
-        // SAFETY: only tries to dlopen the library.
-        if !unsafe { sys::is_culib_present() } {
-            return Err(Error::Cuda(NO_DRIVER.into()));
-        }
-        result::init().map_err(|e| {
-            Error::Cuda(format!(
-                "the CUDA driver failed to initialise ({e}); is there an NVIDIA GPU? Run with \
-                 --device cpu otherwise"
-            ))
-        })?;
-        let count = result::device::get_count().map_err(|e| cuda_err("device count", e))?;
-        if ordinal >= count.max(0) as usize {
+        let count = gpu_count()?;
+        if ordinal >= count {
             return Err(Error::Cuda(format!(
                 "CUDA device {ordinal} does not exist: {count} device(s) found{}",
                 if count > 0 {

@@ -20,7 +20,7 @@ mod kv_cache;
 pub mod model;
 mod storage;
 
-pub use device::Device;
+pub use device::{gpu_count, Device};
 pub use kv_cache::{CudaKvCache, DeviceKv};
 pub use model::CudaModel;
 

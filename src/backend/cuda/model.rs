@@ -174,14 +174,12 @@ impl Engine for CudaModel {
         with_typed!(self, m => model::head_argmax(&m, final_normed, || self.new_cache()))
     }
     fn describe(&self) -> String {
+        format!("cuda:{} {}", self.device().context().ordinal(), self.hardware())
+    }
+    fn hardware(&self) -> String {
         let d = self.device();
         let (major, minor) = d.compute_capability();
-        format!(
-            "cuda:{} {} (sm_{major}{minor}) {:?}",
-            d.context().ordinal(),
-            d.name(),
-            self.dtype
-        )
+        format!("{} (sm_{major}{minor}) {:?}", d.name(), self.dtype)
     }
     fn weight_elem_bytes(&self) -> usize {
         match self.dtype {
