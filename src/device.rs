@@ -48,7 +48,9 @@ impl FromStr for DeviceSpec {
                 Ok(DeviceSpec::Gpus(gpus))
             }
             _ => one(s).map(DeviceSpec::Cuda).ok_or_else(|| {
-                format!("unknown device {s:?}: use cpu, cuda, cuda:N, cuda:0,cuda:1, cuda:all or auto")
+                format!(
+                    "unknown device {s:?}: use cpu, cuda, cuda:N, cuda:0,cuda:1, cuda:all or auto"
+                )
             }),
         }
     }

@@ -246,7 +246,14 @@ fn run(command: Command) -> Result<()> {
                     with_engine!(m, |m| cli::sweep::sweep(m, &run_model, &a))
                 };
                 let host = model.load_host()?;
-                return cli::devices::on_gpus(&host, &gpus, model.dtype, &sweep.out, sweep.resume, &run);
+                return cli::devices::on_gpus(
+                    &host,
+                    &gpus,
+                    model.dtype,
+                    &sweep.out,
+                    sweep.resume,
+                    &run,
+                );
             }
             with_engine!(&model.load()?, |m| cli::sweep::sweep(m, &run_model, &sweep))
         }
@@ -265,7 +272,14 @@ fn run(command: Command) -> Result<()> {
                 };
                 let host = model.load_host()?;
                 let out = &attributes.out;
-                return cli::devices::on_gpus(&host, &gpus, model.dtype, out, attributes.resume, &run);
+                return cli::devices::on_gpus(
+                    &host,
+                    &gpus,
+                    model.dtype,
+                    out,
+                    attributes.resume,
+                    &run,
+                );
             }
             with_engine!(&model.load()?, |m| {
                 cli::attributes::attributes(m, &run_model, &attributes)

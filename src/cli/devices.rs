@@ -42,9 +42,8 @@ pub fn on_gpus(
             .map(|(index, (&gpu, dir))| {
                 scope.spawn(move || {
                     let shard = Shard { index, count };
-                    let loaded = Loaded::on_gpu(host, gpu, dtype, &mut |n| {
-                        eprintln!("shard {shard}: {n}")
-                    })?;
+                    let loaded =
+                        Loaded::on_gpu(host, gpu, dtype, &mut |n| eprintln!("shard {shard}: {n}"))?;
                     let resume = resume && dir.join("run.json").exists();
                     run_shard(&loaded, shard, dir.clone(), resume)
                 })
@@ -52,7 +51,10 @@ pub fn on_gpus(
             .collect();
         threads
             .into_iter()
-            .map(|t| t.join().unwrap_or_else(|_| Err(anyhow!("the shard's thread panicked"))))
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(anyhow!("the shard's thread panicked")))
+            })
             .collect()
     });
     let failed: Vec<String> = outcomes

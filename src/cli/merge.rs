@@ -103,18 +103,17 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<()> {
     let shards = one_split(shards)?;
     check_out(out, &shards)?;
     let run = &shards[0].run;
+    eprintln!(
+        "merging {} shards of the experiment {} into {}",
+        shards.len(),
+        run["experiment"].as_str().unwrap_or("?"),
+        out.display()
+    );
     match run["experiment"].as_str() {
         Some("next_token") => merge_sweep(out, &shards),
         Some("attributes") => merge_attributes(out, &shards),
         other => bail!("cannot merge runs of the experiment {other:?}"),
-    }?;
-    eprintln!(
-        "merged {} shards of {} {}",
-        shards.len(),
-        shards[0].shard.count,
-        run["experiment"]
-    );
-    Ok(())
+    }
 }
 
 /// The shards in order, one of each, all of one run; or why not.
@@ -122,22 +121,22 @@ fn one_split(shards: Vec<ShardDir>) -> Result<Vec<ShardDir>> {
     let first = &shards[0];
     for s in &shards[1..] {
         if s.run["experiment"] != first.run["experiment"] {
+            let kind = |s: &ShardDir| s.run["experiment"].as_str().unwrap_or("?").to_string();
             bail!(
-                "{} holds a {} run, {} a {} run: not shards of one run",
+                "{} holds the experiment {}, {} the experiment {}: not shards of one run",
                 first.name(),
-                first.run["experiment"],
+                kind(first),
                 s.name(),
-                s.run["experiment"]
+                kind(s)
             );
         }
         let changed = super::differences(&first.run, &s.run, ("the first", "this one"));
         if !changed.is_empty() {
             bail!(
-                "{} and {} are not shards of one run ({} differences: settings, model files, \
+                "{} and {} are not shards of one run (they differ in settings, model files, \
                  version or hardware):\n{}",
                 first.name(),
                 s.name(),
-                changed.len(),
                 changed.join("\n")
             );
         }
@@ -185,7 +184,11 @@ fn check_out(out: &Path, shards: &[ShardDir]) -> Result<()> {
         _ => false,
     };
     if let Some(s) = shards.iter().find(|s| same(&s.dir)) {
-        bail!("{} is {}: merge into another folder", out.display(), s.name());
+        bail!(
+            "{} is {}: merge into another folder",
+            out.display(),
+            s.name()
+        );
     }
     let Ok(text) = std::fs::read_to_string(out.join("run.json")) else {
         return Ok(());
@@ -280,7 +283,12 @@ fn merge_attributes(out: &Path, shards: &[ShardDir]) -> Result<()> {
     let layers = |k: &str| -> Vec<usize> {
         run[k]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_u64()).map(|v| v as usize).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64())
+                    .map(|v| v as usize)
+                    .collect()
+            })
             .unwrap_or_default()
     };
     done.sort_by(|x, y| (&x.relation, x.result.row).cmp(&(&y.relation, y.result.row)));

@@ -127,7 +127,13 @@ fn diff(
     }
     let line = |key: &str, old: Option<&Value>, new: Option<&Value>| {
         let show = |v: Option<&Value>| v.map_or("absent".into(), |v| v.to_string());
-        format!("  {key}: {} {}, {} {}", names.0, show(old), names.1, show(new))
+        format!(
+            "  {key}: {} {}, {} {}",
+            names.0,
+            show(old),
+            names.1,
+            show(new)
+        )
     };
     if let (Value::Object(o), Value::Object(n)) = (old, new) {
         let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();

@@ -116,7 +116,11 @@ pub fn sweep<E: Engine>(model: &E, run_model: &super::RunModel, a: &SweepArgs) -
         .cloned()
         .collect();
     if !done.is_empty() {
-        eprintln!("resuming: {} of {} samples already done", done.len(), mine.len());
+        eprintln!(
+            "resuming: {} of {} samples already done",
+            done.len(),
+            mine.len()
+        );
     }
     let bar = progress(todo.len(), &shard_label("evaluating", a.shard));
     let started = Instant::now();
@@ -204,7 +208,11 @@ fn tuned_lens<E: Engine>(sweep: &Sweep<E>, a: &SweepArgs, path: &Path) -> Result
 
 /// The tables and plots of a run's results (samples.csv aside, which needs the tokenizer),
 /// from its run record: the whole run's after a merge, or one shard's.
-pub fn write_summaries(out: &Path, run: &serde_json::Value, results: &[SampleResult]) -> Result<()> {
+pub fn write_summaries(
+    out: &Path,
+    run: &serde_json::Value,
+    results: &[SampleResult],
+) -> Result<()> {
     let grid = run["grid"].as_bool().unwrap_or(false);
     let num_layers = run["num_layers"].as_u64().unwrap_or(0) as usize;
     let sum = summary::summarize(results);

@@ -183,7 +183,8 @@ impl<'m, E: Engine> Sweep<'m, E> {
         on_batch: &mut dyn FnMut(Vec<SampleResult>) -> Result<()>,
     ) -> Result<()> {
         let seed = self.settings.seed;
-        let batch_of = |(i, _): &(usize, Vec<u32>)| (i - self.train_set.len()) / self.settings.batch;
+        let batch_of =
+            |(i, _): &(usize, Vec<u32>)| (i - self.train_set.len()) / self.settings.batch;
         for chunk in todo.chunk_by(|a, b| batch_of(a) == batch_of(b)) {
             let batch = if self.settings.reference {
                 chunk

@@ -114,7 +114,10 @@ mod tests {
             assert_eq!(p[count - 1].end, units);
             for w in p.windows(2) {
                 assert_eq!(w[0].end, w[1].start);
-                assert!(w[0].end % batch == 0 || w[0].end == units, "cut inside a batch");
+                assert!(
+                    w[0].end % batch == 0 || w[0].end == units,
+                    "cut inside a batch"
+                );
             }
             let sizes: Vec<usize> = p.iter().map(|r| r.len().div_ceil(batch)).collect();
             let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
@@ -137,6 +140,9 @@ mod tests {
         let s = Shard { index: 1, count: 3 };
         let rec = s.record(30, 4);
         assert_eq!(Shard::from_record(&rec, 4).unwrap(), (s, 8..20));
-        assert!(Shard::from_record(&rec, 5).is_err(), "another batch splits otherwise");
+        assert!(
+            Shard::from_record(&rec, 5).is_err(),
+            "another batch splits otherwise"
+        );
     }
 }

@@ -174,7 +174,11 @@ impl Engine for CudaModel {
         with_typed!(self, m => model::head_argmax(&m, final_normed, || self.new_cache()))
     }
     fn describe(&self) -> String {
-        format!("cuda:{} {}", self.device().context().ordinal(), self.hardware())
+        format!(
+            "cuda:{} {}",
+            self.device().context().ordinal(),
+            self.hardware()
+        )
     }
     fn hardware(&self) -> String {
         let d = self.device();
