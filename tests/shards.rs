@@ -312,7 +312,8 @@ fn merge_refuses_what_is_not_one_whole_run() {
     );
     // never over a shard, nor over another run's results
     refused("parts/0", &parts, &["is shard 0/3", "another folder"]);
-    refused("whole", &parts, &["holds the results of another run"]);
+    run(&sweep(&d.join("other"), &["--seed", "7"]));
+    refused("other", &parts, &["holds the results of another run"]);
     assert!(!d.join("m").exists(), "a refused merge writes nothing");
 }
 
