@@ -102,11 +102,24 @@ impl DeviceSpec {
     /// The GPUs of a several-GPU device (`cuda:all`: every GPU found), or None for one
     /// device.
     pub fn several(&self) -> Result<Option<Vec<usize>>> {
-        match self {
-            DeviceSpec::Gpus(g) => Ok(Some(g.clone())),
-            DeviceSpec::AllGpus => Ok(Some((0..crate::backend::cuda::gpu_count()?).collect())),
-            _ => Ok(None),
+        let found = match self {
+            DeviceSpec::Gpus(_) | DeviceSpec::AllGpus => crate::backend::cuda::gpu_count()?,
+            _ => return Ok(None),
+        };
+        let gpus = match self {
+            DeviceSpec::Gpus(g) => g.clone(),
+            _ => (0..found).collect(),
+        };
+        // every GPU is checked before any shard starts
+        if let Some(g) = gpus.iter().find(|&&g| g >= found) {
+            return Err(Error::Cuda(format!(
+                "CUDA device {g} does not exist: {found} device(s) found"
+            )));
         }
+        if gpus.is_empty() {
+            return Err(Error::Cuda("cuda:all: no CUDA device found".into()));
+        }
+        Ok(Some(gpus))
     }
 }
 

@@ -55,7 +55,7 @@ sweep_vs_cpu() {  # NAME MODEL ARGS...
     local t0=$SECONDS
     timeout 900 "$bin" sweep --model "$m" --device cuda --dtype "$dt" --out "$out/$name-$dt" "$@" \
       > "$out/$name-$dt.log" 2>&1 || { cat "$out/$name-$dt.log"; return 1; }
-    grep -q "cuda" "$out/$name-$dt/run.json" || { echo "$name $dt did not run on cuda" >&2; return 1; }
+    ! grep -q '"device": "cpu' "$out/$name-$dt/run.json" || { echo "$name $dt did not run on cuda" >&2; return 1; }
     echo -n "$name, $((SECONDS - t0)) s: "
     python3 tools/compare_summaries.py "$out/$name-cpu/summary.csv" "$out/$name-$dt/summary.csv" --dtype "$dt"
   done
@@ -69,6 +69,35 @@ sweep_vs_cpu tiny-qwen2 tests/fixtures/tiny-qwen2 --train 20 --val 10
 step "sweep --device cuda against the CPU: tiny-qwen3, tiny-qwen3-untied-bias"
 DTYPES="f32 f16" sweep_vs_cpu tiny-qwen3 tests/fixtures/tiny-qwen3 --train 20 --val 10
 sweep_vs_cpu tiny-qwen3-untied-bias tests/fixtures/tiny-qwen3-untied-bias --train 20 --val 10
+# Several GPUs in one command: one shard each, run at once, merged; the results must be
+# those of one GPU, byte for byte (the run record names the card, not its slot).
+step "two emulated GPUs: --device cuda:0,cuda:1 and cuda:all equal one GPU, byte for byte"
+two_gpus() {  # NAME DEVICES FILES ARGS...
+  local name=$1 several=$2 files=$3 f
+  shift 3
+  for dev in cuda:0 "$several"; do
+    QWEN_SCOPE_EMU_DEVICES=2 timeout 600 "$bin" "$@" --device "$dev" --out "$out/$name-$dev" \
+      > "$out/$name-$dev.log" 2>&1 || { cat "$out/$name-$dev.log"; return 1; }
+  done
+  for f in $files; do
+    cmp "$out/$name-cuda:0/$f" "$out/$name-$several/$f"
+  done
+  echo "$name on $several: $files equal to cuda:0's"
+}
+two_gpus sweep cuda:0,cuda:1 "run.json samples.jsonl samples.csv summary.csv summary.json tuned_lens.safetensors" \
+  sweep --model tests/fixtures/tiny-qwen2 --dtype f16 --train 20 --val 30 --batch 4 --grid
+two_gpus attributes cuda:all "run.json rows.jsonl summary.csv summary.json" \
+  attributes --model tests/fixtures/tiny-qwen2 --dtype f32 --relations data/relations/capitals.json \
+  data/relations/cities.json --all-rows --max-new 4 --batch 3
+# a GPU that is not there is refused before any shard starts
+set +e
+msg="$(QWEN_SCOPE_EMU_DEVICES=1 "$bin" sweep --model tests/fixtures/tiny-qwen2 --device cuda:0,cuda:1 \
+  --out "$out/missing-gpu" 2>&1)"
+rc=$?
+set -e
+[[ $rc -ne 0 && $msg == *"CUDA device 1 does not exist"* && ! -e $out/missing-gpu ]] \
+  || { echo "a missing second GPU was not refused up front (exit $rc): $msg" >&2; exit 1; }
+
 step "sweep --device cuda against the CPU: Qwen2.5-Coder-0.5B, 8 training and 4 evaluated prompts"
 sweep_vs_cpu qwen2.5-coder-0.5b "$model" --train 8 --val 4
 

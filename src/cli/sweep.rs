@@ -259,8 +259,13 @@ fn print_table(sum: &[summary::LayerSummary]) {
     }
 }
 
+/// A progress bar on stderr; bars made at once (the shards of several GPUs) share the
+/// screen, one line each.
 pub fn progress(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
+    static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
+    let bar = BARS
+        .get_or_init(indicatif::MultiProgress::new)
+        .add(ProgressBar::new(len as u64));
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, ETA {eta})")
             .expect("valid template")
