@@ -15,8 +15,10 @@
 #                                  unix socket paths live under it)
 #
 # Needs root and `apt-get install -y slurm-wlm munge`. Env: QWEN_SCOPE (default: a fake,
-# written to WORK, that only checks the shard protocol: see compare_with_unsharded),
-# SLURM_TEST_TIMEOUT (seconds to wait for each merge job, default 150).
+# written to WORK, that only checks the shard protocol; QWEN_SCOPE=target/release/qwen-scope
+# runs the real one, on models/smollm2-135m, and compares its merges with unsharded runs
+# byte for byte: see compare_with_unsharded), SLURM_TEST_TIMEOUT (seconds to wait for each
+# merge job, default 150).
 # On failure it prints the jobs' states and logs and the daemons' log tails; exit 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,9 +31,11 @@ WORK=$(cd "$WORK" && pwd -P)
 SL=$WORK/slurm
 TIMEOUT=${SLURM_TEST_TIMEOUT:-150}
 SHARDS=4
-# The shard command (the fake ignores what it does not check). Relative paths are relative
-# to the repository root, where the jobs run.
-ARGS=(sweep --model models/smollm2-135m --train 8 --val 8 --device cpu)
+# The shard commands (the fake ignores what it does not check). Relative paths are relative
+# to the repository root, where the jobs run. 8 prompts in batches of 2: one batch a shard.
+ARGS=(sweep --model models/smollm2-135m --train 8 --val 8 --batch 2 --device cpu)
+# long enough (20 batches a shard, ~10 s on one CPU) for a task to be cancelled mid-way
+ARGS_LONG=(sweep --model models/smollm2-135m --train 8 --val 80 --batch 2 --device cpu)
 
 say() { echo "test_slurm: $*" >&2; }
 t_start=$SECONDS
@@ -108,7 +112,7 @@ wait_job() {
     esac
     [ "$reason" != DependencyNeverSatisfied ] || { echo "NEVER $reason"; return 0; }
     [ $SECONDS -lt $deadline ] || { echo "TIMEOUT_WAITING $state"; return 0; }
-    sleep 1
+    sleep 0.5
   done
 }
 
@@ -138,11 +142,14 @@ show_failure() {
   done
 }
 
-# submit SHARDS OUT [ENV=VALUE...]: runs examples/slurm/submit.sh; sets ARRAY_ID, MERGE_ID
+# submit SHARDS OUT [ENV=VALUE...] -- ARGS...: runs examples/slurm/submit.sh; sets ARRAY_ID
+# and MERGE_ID
 submit() {
-  local shards=$1 out=$2 text
+  local shards=$1 out=$2 text envs=()
   shift 2
-  text=$(env "$@" examples/slurm/submit.sh "$shards" "$out" "${ARGS[@]}") || {
+  while [ "$1" != -- ]; do envs+=("$1"); shift; done
+  shift
+  text=$(env "${envs[@]}" examples/slurm/submit.sh "$shards" "$out" "$@") || {
     say "submit.sh failed"
     return 1
   }
@@ -153,21 +160,24 @@ submit() {
 }
 
 # ------------------------------------------------------------------------------ checks
-# Where the real comparisons go. OUT is the merged results folder of a SHARDS-shard run of
-# ARGS. With the real qwen-scope: run the same command unsharded,
-#   "$QWEN_SCOPE" "${ARGS[@]}" --out "$WORK/unsharded"
-# and compare its reports with OUT's (summary.csv: tools/compare_summaries.py, f32: equal
-# cells and counts; the attributes reports row for row). For now, with the fake: every shard
-# is in the merge, with its K/SHARDS and the shard command's arguments, and (with 2 CPUs
-# or more) at least two tasks ran at the same time.
+# compare_with_unsharded OUT SHARDS ARGS...: OUT, the merge of a SHARDS-shard run of ARGS,
+# is what the unsharded run writes.
+#   real qwen-scope: run ARGS unsharded into OUT.unsharded; the two folders (less OUT's
+#     shards/ and logs/) must be equal, byte for byte (the merge's promise, docs/SHARDING.md)
+#   the fake: every shard is in the merge, with its K/SHARDS and the shard command, and (with
+#     2 CPUs or more) at least two tasks ran at the same time
 compare_with_unsharded() {
   local out=$1 shards=$2 k starts ends overlap=0 i j
+  shift 2
   if [ "$QWEN_SCOPE" != "$WORK/fake-qwen-scope" ]; then
-    say "compare_with_unsharded: TODO: the real comparison (unsharded run vs $out)"
-    return 1
+    "$QWEN_SCOPE" "$@" --out "$out.unsharded" >"$out.unsharded.log" 2>&1 ||
+      { say "the unsharded run failed:"; cat "$out.unsharded.log" >&2; return 1; }
+    diff -r -x shards -x logs "$out.unsharded" "$out" >&2 ||
+      { say "the merge in $out differs from the unsharded run $out.unsharded"; return 1; }
+    return 0
   fi
   for ((k = 0; k < shards; k++)); do
-    grep -q "^$out/shards/$k {\"command\":\"${ARGS[0]}\",\"shard\":\"$k/$shards\",\"args\":\"${ARGS[*]:1}\"}" \
+    grep -qF "$out/shards/$k {\"command\":\"$1\",\"shard\":\"$k/$shards\",\"args\":\"${*:2}\"}" \
       "$out/merged.txt" || { say "shard $k missing from $out/merged.txt"; return 1; }
   done
   if [ "$(nproc)" -ge 2 ]; then
@@ -188,7 +198,7 @@ compare_with_unsharded() {
 # after the killed task fails naming it, the one after the resubmission succeeds.
 rerun_after_cancel() {
   local out=$WORK/rerun k=1 result deadline
-  submit 2 "$out" FAKE_SLEEP=4 || return 1
+  submit 2 "$out" FAKE_SLEEP=4 -- "${ARGS_LONG[@]}" || return 1
   deadline=$((SECONDS + 60))
   until [ -e "$out/shards/$k/run.json" ]; do
     [ $SECONDS -lt $deadline ] || { say "task $k never started"; show_failure "$out"; return 1; }
@@ -201,7 +211,7 @@ rerun_after_cancel() {
     show_failure "$out"
     return 1
   fi
-  submit 2 "$out" ARRAY=$k FAKE_SLEEP=1 || return 1
+  submit 2 "$out" ARRAY=$k FAKE_SLEEP=1 -- "${ARGS_LONG[@]}" || return 1
   result=$(wait_job "$MERGE_ID")
   if [ "$result" != "COMPLETED 0:0" ] || ! array_ok "$ARRAY_ID" ||
     ! grep -q -- "--shard $k/2 --out $out/shards/$k --resume" "$out/logs/shard_${ARRAY_ID}_$k.log" ||
@@ -210,6 +220,7 @@ rerun_after_cancel() {
     show_failure "$out"
     return 1
   fi
+  compare_with_unsharded "$out" 2 "${ARGS_LONG[@]}" || { show_failure "$out"; return 1; }
 }
 
 # ------------------------------------------------------------------------------ main
@@ -226,7 +237,7 @@ say "Slurm up in $((SECONDS - t)) s: $(sinfo -h -o '%P %D %c %T' | head -n 1)"
 
 out=$WORK/out
 t=$SECONDS
-submit "$SHARDS" "$out"
+submit "$SHARDS" "$out" -- "${ARGS[@]}"
 result=$(wait_job "$MERGE_ID")
 if [ "$result" != "COMPLETED 0:0" ] || ! array_ok "$ARRAY_ID"; then
   say "merge job $MERGE_ID: $result (expected COMPLETED 0:0)"
@@ -234,7 +245,7 @@ if [ "$result" != "COMPLETED 0:0" ] || ! array_ok "$ARRAY_ID"; then
   exit 1
 fi
 say "$SHARDS-task array + merge: $((SECONDS - t)) s from submit to merge done"
-compare_with_unsharded "$out" "$SHARDS" || { show_failure "$out"; exit 1; }
+compare_with_unsharded "$out" "$SHARDS" "${ARGS[@]}" || { show_failure "$out"; exit 1; }
 
 t=$SECONDS
 rerun_after_cancel
