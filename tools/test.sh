@@ -17,6 +17,10 @@
 #   privileged  the ignored tests that need the machine's help: a real full disk (mounts a
 #               tmpfs: root), the AMX LM-head screen (a CPU with AMX-BF16); each runs where
 #               it can and is reported as not run, with the reason, where it cannot
+#   slurm       a real single-node Slurm (Debian's slurm-wlm and munge, installed with apt-get
+#               when missing; needs root) runs sharded sweeps and attribute runs as job arrays
+#               through examples/slurm/, merges them and compares with unsharded runs, and
+#               resubmits a task cancelled mid-way (tools/test_slurm.sh, about a minute)
 #   cuda        the ignored GPU tests and `sweep --device cuda` on the CPU, through the
 #               emulated CUDA driver and cuBLAS (tools/test_cuda_emulated.sh; needs g++ and
 #               a build with kernels: $NVCC, see docs/CUDA.md); it ends by rebuilding
@@ -32,7 +36,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS=(models rust privileged cuda python notebook)
+STEPS=(models rust privileged slurm cuda python notebook)
 MODELS=(qwen2.5-coder-0.5b smollm2-135m)
 LOG=target/test-logs
 install=1
@@ -101,6 +105,21 @@ step_privileged() {
     note_once "needs a CPU with AMX-BF16" \
       "NOT RUN: the AMX LM-head screen test (this CPU has no AMX-BF16; the exact path it falls back to is tested)"
   fi
+}
+
+step_slurm() {
+  if [ "$(id -u)" != 0 ]; then
+    note "NOT RUN: slurm: starting slurmctld, slurmd and munged needs root (\`sudo tools/test.sh slurm\`)"
+    return 0
+  fi
+  if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+    [ -n "$install" ] || fail "Slurm is not installed: apt-get install -y slurm-wlm munge (or tools/test.sh without --no-install)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; } \
+      >"$LOG/slurm-install.log" 2>&1 || fail "apt-get install slurm-wlm munge failed (log: $LOG/slurm-install.log)"
+  fi
+  logged slurm tools/test_slurm.sh
+  [ "$RC" -eq 0 ] || fail "the Slurm job arrays failed (log: $LOG/slurm.log)"
+  note "slurm: $(grep -o 'passed in [0-9]* s' "$LOG/slurm.log"): two 4-task arrays merged equal the unsharded runs; a cancelled task resubmitted resumes"
 }
 
 step_cuda() {

@@ -161,7 +161,7 @@ fn note_shard(shard: Shard, mine: &std::ops::Range<usize>, units: usize, batch: 
     let batches = units.div_ceil(batch);
     if mine.is_empty() {
         eprintln!(
-            "shard {shard} owns none of the {units} {what}: they make {batches} batches of up to              {batch} for {} shards (a smaller --batch spreads them over more)",
+            "shard {shard} owns none of the {units} {what}: they make {batches} batches of up to {batch} for {} shards (a smaller --batch spreads them over more)",
             shard.count
         );
     } else {
