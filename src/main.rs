@@ -5,6 +5,7 @@ mod cli;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use qwen_scope::device::{DTypeSpec, DeviceSpec, Loaded};
+use qwen_scope::report::shard::Shard;
 use qwen_scope::{with_engine, CpuModel};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -67,9 +68,16 @@ impl ModelArgs {
         }
     }
 
-    /// The GPUs when the device names several (which only sweep and attributes take).
-    fn several_gpus(&self) -> Result<Option<Vec<usize>>> {
+    /// The GPUs when the device names several (which only sweep and attributes take, and
+    /// not with --shard: they split the run themselves).
+    fn several_gpus(&self, shard: Option<Shard>) -> Result<Option<Vec<usize>>> {
         let (device, _) = self.device()?;
+        if let (DeviceSpec::Gpus(_) | DeviceSpec::AllGpus, Some(s)) = (&device, shard) {
+            bail!(
+                "--shard {s} with several GPUs: they split the run themselves; give each Slurm \
+                 task or process one device and its own --shard"
+            );
+        }
         Ok(device.several()?)
     }
 
@@ -204,17 +212,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Several GPUs already split the run into shards, one per GPU.
-fn refuse_shard_on_gpus(shard: Option<qwen_scope::report::shard::Shard>) -> Result<()> {
-    match shard {
-        Some(s) => bail!(
-            "--shard {s} with several GPUs: they split the run themselves; give each Slurm \
-             task or process one device and its own --shard"
-        ),
-        None => Ok(()),
-    }
-}
-
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Forward {
@@ -234,8 +231,7 @@ fn run(command: Command) -> Result<()> {
         )),
         Command::Sweep { model, sweep } => {
             let run_model = model.run_model()?;
-            if let Some(gpus) = model.several_gpus()? {
-                refuse_shard_on_gpus(sweep.shard)?;
+            if let Some(gpus) = model.several_gpus(sweep.shard)? {
                 let run = |m: &Loaded, shard, out, resume| {
                     let a = cli::sweep::SweepArgs {
                         shard: Some(shard),
@@ -259,8 +255,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Attributes { model, attributes } => {
             let run_model = model.run_model()?;
-            if let Some(gpus) = model.several_gpus()? {
-                refuse_shard_on_gpus(attributes.shard)?;
+            if let Some(gpus) = model.several_gpus(attributes.shard)? {
                 let run = |m: &Loaded, shard, out, resume| {
                     let a = cli::attributes::AttributesArgs {
                         shard: Some(shard),
