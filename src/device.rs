@@ -102,10 +102,10 @@ impl DeviceSpec {
     /// The GPUs of a several-GPU device (`cuda:all`: every GPU found), or None for one
     /// device.
     pub fn several(&self) -> Result<Option<Vec<usize>>> {
-        let found = match self {
-            DeviceSpec::Gpus(_) | DeviceSpec::AllGpus => crate::backend::cuda::gpu_count()?,
-            _ => return Ok(None),
-        };
+        if !matches!(self, DeviceSpec::Gpus(_) | DeviceSpec::AllGpus) {
+            return Ok(None);
+        }
+        let found = crate::backend::cuda::gpu_count()?;
         let gpus = match self {
             DeviceSpec::Gpus(g) => g.clone(),
             _ => (0..found).collect(),

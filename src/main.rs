@@ -212,6 +212,27 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Runs a sweep or attributes run (`args`, with its --shard, --out and --resume in
+/// `place`) on the device chosen, or, where several GPUs are, one shard of it per GPU
+/// (`for_shard` gives a shard's arguments), merged into --out.
+fn run_sharded<A: Sync>(
+    model: &ModelArgs,
+    args: &A,
+    place: (Option<Shard>, &std::path::Path, bool),
+    for_shard: &(dyn Fn(Shard, PathBuf, bool) -> A + Sync),
+    run: &(dyn Fn(&Loaded, &A) -> Result<()> + Sync),
+) -> Result<()> {
+    let (shard, out, resume) = place;
+    match model.several_gpus(shard)? {
+        Some(gpus) => {
+            let host = model.load_host()?;
+            let run_shard = |m: &Loaded, shard, out, resume| run(m, &for_shard(shard, out, resume));
+            cli::devices::on_gpus(&host, &gpus, model.dtype, out, resume, &run_shard)
+        }
+        None => run(&model.load()?, args),
+    }
+}
+
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Forward {
@@ -229,55 +250,33 @@ fn run(command: Command) -> Result<()> {
         } => with_engine!(&model.load()?, |m| cli::forward::generate(
             m, &prompt, max_new
         )),
-        Command::Sweep { model, sweep } => {
+        Command::Sweep { model, sweep: a } => {
             let run_model = model.run_model()?;
-            if let Some(gpus) = model.several_gpus(sweep.shard)? {
-                let run = |m: &Loaded, shard, out, resume| {
-                    let a = cli::sweep::SweepArgs {
-                        shard: Some(shard),
-                        out,
-                        resume,
-                        ..sweep.clone()
-                    };
-                    with_engine!(m, |m| cli::sweep::sweep(m, &run_model, &a))
-                };
-                let host = model.load_host()?;
-                return cli::devices::on_gpus(
-                    &host,
-                    &gpus,
-                    model.dtype,
-                    &sweep.out,
-                    sweep.resume,
-                    &run,
-                );
-            }
-            with_engine!(&model.load()?, |m| cli::sweep::sweep(m, &run_model, &sweep))
+            let for_shard = |shard, out, resume| cli::sweep::SweepArgs {
+                shard: Some(shard),
+                out,
+                resume,
+                ..a.clone()
+            };
+            let place = (a.shard, a.out.as_path(), a.resume);
+            run_sharded(&model, &a, place, &for_shard, &|m, a| {
+                with_engine!(m, |m| cli::sweep::sweep(m, &run_model, a))
+            })
         }
-        Command::Attributes { model, attributes } => {
+        Command::Attributes {
+            model,
+            attributes: a,
+        } => {
             let run_model = model.run_model()?;
-            if let Some(gpus) = model.several_gpus(attributes.shard)? {
-                let run = |m: &Loaded, shard, out, resume| {
-                    let a = cli::attributes::AttributesArgs {
-                        shard: Some(shard),
-                        out,
-                        resume,
-                        ..attributes.clone()
-                    };
-                    with_engine!(m, |m| cli::attributes::attributes(m, &run_model, &a))
-                };
-                let host = model.load_host()?;
-                let out = &attributes.out;
-                return cli::devices::on_gpus(
-                    &host,
-                    &gpus,
-                    model.dtype,
-                    out,
-                    attributes.resume,
-                    &run,
-                );
-            }
-            with_engine!(&model.load()?, |m| {
-                cli::attributes::attributes(m, &run_model, &attributes)
+            let for_shard = |shard, out, resume| cli::attributes::AttributesArgs {
+                shard: Some(shard),
+                out,
+                resume,
+                ..a.clone()
+            };
+            let place = (a.shard, a.out.as_path(), a.resume);
+            run_sharded(&model, &a, place, &for_shard, &|m, a| {
+                with_engine!(m, |m| cli::attributes::attributes(m, &run_model, a))
             })
         }
         Command::Merge { out, shards } => cli::merge::merge(&out, &shards),

@@ -132,11 +132,7 @@ pub fn attributes<E: Engine>(
         "limit": a.limit,
         "batch": a.batch,
     });
-    let mine = a.shard.unwrap_or(Shard::WHOLE).units(all.len(), a.batch);
-    if let Some(s) = a.shard {
-        run["shard"] = s.record(all.len(), a.batch);
-        super::note_shard(s, &mine, all.len(), a.batch, "rows");
-    }
+    let mine = super::shard_part(a.shard, all.len(), a.batch, "rows", &mut run);
     super::prepare_out(&a.out, &run, "rows.jsonl", a.resume)?;
     let journal_path = a.out.join("rows.jsonl");
     let (mut journal, mut done) = Journal::open::<Record>(&journal_path, !a.resume)?;
@@ -145,7 +141,8 @@ pub fn attributes<E: Engine>(
         .map(|d| (d.relation.as_str(), d.result.row))
         .collect();
     // each row with its place in the whole run, which fixes the batch it is evaluated in
-    let todo: Vec<(usize, Todo)> = (mine.clone())
+    let todo: Vec<(usize, Todo)> = mine
+        .clone()
         .map(|place| (place, all[place]))
         .filter(|(_, (name, row, _))| !finished.contains(&(*name, *row)))
         .collect();

@@ -224,8 +224,7 @@ fn merge_sweep(out: &Path, shards: &[ShardDir]) -> Result<()> {
     let mut lines = Vec::new();
     let mut results = Vec::new();
     let mut tables = Vec::new();
-    let lens = shards[0].report("tuned_lens.safetensors")?;
-    let lens_bytes = std::fs::read(&lens).with_context(|| lens.display().to_string())?;
+    let mut lens: Option<Vec<u8>> = None;
     for s in shards {
         let part = s.journal::<SampleResult>("samples.jsonl", "prompts")?;
         let indices: Vec<usize> = part.iter().map(|(_, r)| r.index).collect();
@@ -236,8 +235,11 @@ fn merge_sweep(out: &Path, shards: &[ShardDir]) -> Result<()> {
                 s.name()
             );
         }
-        let fit = std::fs::read(s.report("tuned_lens.safetensors")?)?;
-        if fit != lens_bytes {
+        let file = s.report("tuned_lens.safetensors")?;
+        let fit = std::fs::read(&file).with_context(|| file.display().to_string())?;
+        if lens.is_none() {
+            lens = Some(fit);
+        } else if lens.as_ref() != Some(&fit) {
             bail!(
                 "{} fitted another tuned lens than {}: the shards ran on different CPUs or \
                  GPUs, or builds; their results are not one run's",
@@ -254,7 +256,10 @@ fn merge_sweep(out: &Path, shards: &[ShardDir]) -> Result<()> {
         }
     }
     write_run(out, run, "samples.jsonl", &lines)?;
-    write_atomic(&out.join("tuned_lens.safetensors"), &lens_bytes)?;
+    write_atomic(
+        &out.join("tuned_lens.safetensors"),
+        &lens.expect("a run has shards"),
+    )?;
     qwen_scope::report::summary::merge_samples_csv(&out.join("samples.csv"), &tables)?;
     super::sweep::write_summaries(out, run, &results)
 }

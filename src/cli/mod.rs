@@ -156,8 +156,20 @@ fn diff(
     }
 }
 
-/// Says which part of the run a shard owns, and when it owns nothing, why.
-fn note_shard(shard: Shard, mine: &std::ops::Range<usize>, units: usize, batch: usize, what: &str) {
+/// The units (prompts, rows) of `units` this run evaluates: all of them, or a shard's part,
+/// which is then recorded in `run` and said, with why when it is empty.
+fn shard_part(
+    shard: Option<Shard>,
+    units: usize,
+    batch: usize,
+    what: &str,
+    run: &mut serde_json::Value,
+) -> std::ops::Range<usize> {
+    let Some(shard) = shard else {
+        return 0..units;
+    };
+    let mine = shard.units(units, batch);
+    run["shard"] = shard.record(units, batch);
     let batches = units.div_ceil(batch);
     if mine.is_empty() {
         eprintln!(
@@ -173,6 +185,7 @@ fn note_shard(shard: Shard, mine: &std::ops::Range<usize>, units: usize, batch: 
             mine.end.div_ceil(batch)
         );
     }
+    mine
 }
 
 #[cfg(test)]

@@ -95,12 +95,7 @@ pub fn sweep<E: Engine>(model: &E, run_model: &super::RunModel, a: &SweepArgs) -
         "path": if a.reference { "reference" } else { "fast" },
         "batch": a.batch,
     });
-    let shard = a.shard.unwrap_or(Shard::WHOLE);
-    let mine = shard.units(val, a.batch);
-    if let Some(s) = a.shard {
-        run["shard"] = s.record(val, a.batch);
-        super::note_shard(s, &mine, val, a.batch, "prompts");
-    }
+    let mine = super::shard_part(a.shard, val, a.batch, "prompts", &mut run);
     super::prepare_out(&a.out, &run, "samples.jsonl", a.resume)?;
 
     let sweep = Sweep::new(model, &prompts, a.settings())?;

@@ -48,9 +48,6 @@ impl std::fmt::Display for Shard {
 }
 
 impl Shard {
-    /// The whole run as one shard.
-    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
-
     /// The units (prompts, rows) this shard owns out of `units` evaluated `batch` at a time.
     pub fn units(&self, units: usize, batch: usize) -> Range<usize> {
         let batches = units.div_ceil(batch);
